@@ -1,0 +1,59 @@
+"""The small interface every provider implements (compare molecule's driver/base.py)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner.events import EventBus
+from provisioner.spec import Cluster, Node
+from provisioner.state import State
+
+
+@dataclass(frozen=True)
+class HostConnection:
+    """How to reach one node over SSH, as the machines report it (never guessed)."""
+
+    name: str
+    role: str
+    address: str  # the node's address on the cluster network
+    ssh_host: str
+    ssh_port: int
+    ssh_user: str
+    ssh_key: Path
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    name: str
+    role: str
+    state: str  # running, shutoff, not created, reachable, unreachable, ...
+    address: str
+
+
+class Provider(abc.ABC):
+    def __init__(self, cluster: Cluster, state: State, bus: EventBus) -> None:
+        self.cluster = cluster
+        self.state = state
+        self.bus = bus
+
+    @abc.abstractmethod
+    def create(self, nodes: list[Node] | None = None) -> None:
+        """Bring the given nodes (default: all in the spec) up and reachable by SSH."""
+
+    @abc.abstractmethod
+    def destroy(self, nodes: list[Node] | None = None) -> None:
+        """Remove the given nodes (default: everything this provider created). Safe to run twice."""
+
+    @abc.abstractmethod
+    def hosts(self) -> list[HostConnection]:
+        """SSH details of every node that exists, read from the machines themselves."""
+
+    @abc.abstractmethod
+    def status(self) -> list[MachineStatus]:
+        """Each node's state and address."""
+
+    def command_prefix(self) -> list[str]:
+        """Prefix for commands that must talk to the lab (e.g. `ip netns exec NAME`); empty if none."""
+        return []
