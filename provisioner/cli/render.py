@@ -1,0 +1,116 @@
+"""Draws core events for a person, and turns typed errors into one clear message.
+
+This is the only place (with the CLI verbs) that prints. The core emits events on an EventBus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from provisioner.errors import ProvisionerError
+from provisioner.events import (
+    Event,
+    EventBus,
+    PhaseFinished,
+    PhaseStarted,
+    Progress,
+    TaskResult,
+    Warning,
+)
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+STATUS_STYLE = {
+    "ok": "green",
+    "changed": "yellow",
+    "failed": "bold red",
+    "unreachable": "bold red",
+    "skipped": "dim",
+}
+
+
+class Renderer:
+    """Prints one line per phase start/end, per changed or failed task, and per progress message.
+
+    Tasks that end `ok` are counted, not printed: a converged cluster's re-run stays quiet.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.phases: list[tuple[str, float, bool]] = []
+        self.counts: dict[str, int] = {}
+
+    def elapsed(self) -> str:
+        seconds = int(time.monotonic() - self.started)
+        return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+    def __call__(self, event: Event) -> None:
+        stamp = f"[dim]{self.elapsed()}[/dim]"
+        if isinstance(event, PhaseStarted):
+            detail = f" [dim]{event.detail}[/dim]" if event.detail else ""
+            console.print(f"{stamp} [bold cyan]▶ {event.phase}[/bold cyan]{detail}")
+        elif isinstance(event, PhaseFinished):
+            self.phases.append((event.phase, event.seconds, event.ok))
+            mark = "[green]✓[/green]" if event.ok else "[red]✗[/red]"
+            console.print(f"{stamp} {mark} {event.phase} [dim]{event.seconds:.1f}s[/dim]")
+        elif isinstance(event, TaskResult):
+            self.counts[event.status] = self.counts.get(event.status, 0) + 1
+            if event.status in ("changed", "failed", "unreachable"):
+                style = STATUS_STYLE[event.status]
+                msg = f" [dim]{event.message}[/dim]" if event.message else ""
+                console.print(
+                    f"{stamp}   [{style}]{event.status:<9}[/{style}] {event.host}: {event.task}{msg}"
+                )
+        elif isinstance(event, Progress):
+            host = f"{event.host}: " if event.host else ""
+            console.print(f"{stamp}   {event.phase}: {host}{event.message}")
+        elif isinstance(event, Warning):
+            console.print(f"{stamp} [yellow]warning:[/yellow] {event.message}")
+
+    def summary(self, title: str = "summary") -> None:
+        if not self.phases:
+            return
+        table = Table(title=title, title_justify="left")
+        table.add_column("phase")
+        table.add_column("seconds", justify="right")
+        table.add_column("result")
+        for phase, seconds, ok in self.phases:
+            table.add_row(phase, f"{seconds:.1f}", "[green]ok[/green]" if ok else "[red]failed[/red]")
+        table.add_row("[bold]total[/bold]", f"{time.monotonic() - self.started:.1f}", "")
+        console.print(table)
+        if self.counts:
+            console.print(
+                "tasks: " + ", ".join(f"{status}={count}" for status, count in sorted(self.counts.items()))
+            )
+
+
+def cli_bus() -> tuple[EventBus, Renderer]:
+    bus = EventBus()
+    renderer = Renderer()
+    bus.subscribe(renderer)
+    return bus, renderer
+
+
+@contextlib.contextmanager
+def fail_cleanly(renderer: Renderer | None = None) -> Iterator[None]:
+    """A user's mistake ends in one message and a non-zero exit; a bug still shows its traceback."""
+    try:
+        yield
+    except ProvisionerError as exc:
+        if renderer is not None:
+            renderer.summary()
+        console.print(f"[bold red]error:[/bold red] {exc.message()}", soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        if renderer is not None:
+            renderer.summary("interrupted")
+        console.print("interrupted; re-run the same command to continue from where it stopped")
+        sys.exit(130)
