@@ -50,7 +50,7 @@ class Progress(Event):
 
 
 @dataclass(frozen=True)
-class Warning(Event):  # noqa: A001 - shadows the builtin only inside this module's namespace
+class Warning(Event):
     message: str
 
 

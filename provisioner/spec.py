@@ -213,9 +213,7 @@ def _unwrap(annotation: Any) -> Any:
     """Reduce list[X], X | None and Annotated[...] to the model class they hold (or a Union)."""
     while True:
         origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin is list:
+        if origin is Annotated or origin is list:
             annotation = get_args(annotation)[0]
         elif origin is Union or str(origin) == "<class 'types.UnionType'>":
             members = [a for a in get_args(annotation) if a is not type(None)]
@@ -260,6 +258,12 @@ def _pydantic_problems(exc: ValidationError) -> Iterator[str]:
                 f"{path}: {value!r} is not a valid name; use lowercase letters, digits and '-', "
                 "starting and ending with a letter or digit (at most 63 characters)"
             )
+        elif kind == "ip_v4_network":
+            yield (
+                f"{path}: {value!r} is not an IPv4 network; use CIDR form with no host bits set, such as 10.244.0.0/16"
+            )
+        elif kind == "ip_v4_address":
+            yield f"{path}: {value!r} is not an IPv4 address; use dotted form such as 192.168.56.11"
         else:
             yield f"{path}: {value!r} is invalid: {err['msg'][0].lower()}{err['msg'][1:]}"
 
@@ -287,9 +291,7 @@ def semantic_problems(cluster: Cluster, base_dir: Path | None = None) -> list[st
             f"use one of {', '.join(SUPPORTED)}"
         )
     elif version not in SUPPORTED:
-        problems.append(
-            f"spec.kubernetes.version: {version!r} is not supported; use one of {', '.join(SUPPORTED)}"
-        )
+        problems.append(f"spec.kubernetes.version: {version!r} is not supported; use one of {', '.join(SUPPORTED)}")
 
     for role in ("master", "worker"):
         if not any(n.role == role for n in spec.nodes):

@@ -66,9 +66,7 @@ class Renderer:
             if event.status in ("changed", "failed", "unreachable"):
                 style = STATUS_STYLE[event.status]
                 msg = f" [dim]{event.message}[/dim]" if event.message else ""
-                console.print(
-                    f"{stamp}   [{style}]{event.status:<9}[/{style}] {event.host}: {event.task}{msg}"
-                )
+                console.print(f"{stamp}   [{style}]{event.status:<9}[/{style}] {event.host}: {event.task}{msg}")
         elif isinstance(event, Progress):
             host = f"{event.host}: " if event.host else ""
             console.print(f"{stamp}   {event.phase}: {host}{event.message}")
@@ -87,9 +85,7 @@ class Renderer:
         table.add_row("[bold]total[/bold]", f"{time.monotonic() - self.started:.1f}", "")
         console.print(table)
         if self.counts:
-            console.print(
-                "tasks: " + ", ".join(f"{status}={count}" for status, count in sorted(self.counts.items()))
-            )
+            console.print("tasks: " + ", ".join(f"{status}={count}" for status, count in sorted(self.counts.items())))
 
 
 def cli_bus() -> tuple[EventBus, Renderer]:
