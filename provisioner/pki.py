@@ -1,0 +1,386 @@
+"""The cluster's PKI: one CA and every certificate, key and kubeconfig, made on the admin machine.
+
+Everything is generated once into ``State.pki_dir`` and reused by later runs, so a second
+``provisioner up`` copies byte-identical files and Ansible reports nothing changed. A leaf is
+re-issued only when it is missing, no longer signed by the CA, close to expiry, or lacks a name
+the cluster now needs (a node's address changed). Private keys are written 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from provisioner.errors import ProvisionerError
+from provisioner.spec import Cluster
+from provisioner.state import State
+
+CA_DAYS = 3650
+LEAF_DAYS = 365
+# A leaf with less than this left is re-issued on the next run instead of expiring under a cluster.
+RENEW_BEFORE = datetime.timedelta(days=30)
+APISERVER_PORT = 6443
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class PkiError(ProvisionerError):
+    """The PKI directory holds something unusable (a CA that cannot be read)."""
+
+
+@dataclass(frozen=True)
+class CertSpec:
+    """One leaf certificate: its file stem, subject, usages and subject alternative names."""
+
+    name: str
+    cn: str
+    orgs: tuple[str, ...] = ()
+    server: bool = False
+    client: bool = False
+    dns: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+
+    @property
+    def wanted_dns(self) -> set[str]:
+        return set(self.dns)
+
+    @property
+    def wanted_ips(self) -> set[IP]:
+        return {ipaddress.ip_address(i) for i in self.ips}
+
+
+@dataclass(frozen=True)
+class KubeconfigSpec:
+    """A kubeconfig embedding a client certificate, for one component or user."""
+
+    name: str
+    cert: str  # CertSpec.name of the client certificate
+    server: str
+    user: str
+
+
+@dataclass
+class PkiResult:
+    """What ``ensure`` did: the files it (re)wrote, for a progress line and for tests."""
+
+    directory: Path
+    issued: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+
+def cluster_certs(cluster: Cluster) -> list[CertSpec]:
+    """Every leaf the cluster needs, derived from the spec (names, addresses, service IP)."""
+    net = cluster.spec.network
+    master = cluster.masters[0]
+    master_ips = (str(master.address), "127.0.0.1")
+    apiserver_dns = (
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        master.name,
+        "localhost",
+    )
+    certs = [
+        CertSpec("etcd-server", master.name, server=True, client=True, dns=(master.name, "localhost"), ips=master_ips),
+        CertSpec("etcd-peer", master.name, server=True, client=True, dns=(master.name, "localhost"), ips=master_ips),
+        CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True),
+        CertSpec(
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            dns=apiserver_dns,
+            ips=(str(net.apiserver_service_ip), *master_ips),
+        ),
+        # The apiserver's identity towards kubelets (logs, exec): authorized by the kubelet's webhook.
+        CertSpec("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",), client=True),
+        CertSpec("admin", "kubernetes-admin", ("system:masters",), client=True),
+        CertSpec("controller-manager", "system:kube-controller-manager", client=True),
+        CertSpec("scheduler", "system:kube-scheduler", client=True),
+        CertSpec("kube-proxy", "system:kube-proxy", ("system:node-proxier",), client=True),
+    ]
+    for node in cluster.workers:
+        # The Node authorizer recognises a kubelet by exactly this user and group.
+        certs.append(CertSpec(f"kubelet-{node.name}", f"system:node:{node.name}", ("system:nodes",), client=True))
+        certs.append(
+            CertSpec(f"kubelet-server-{node.name}", node.name, server=True, dns=(node.name,), ips=(str(node.address),))
+        )
+    return certs
+
+
+def cluster_kubeconfigs(cluster: Cluster) -> list[KubeconfigSpec]:
+    master = cluster.masters[0]
+    external = f"https://{master.address}:{APISERVER_PORT}"
+    # Components on the master talk to the apiserver on loopback: no dependency on the node network.
+    local = f"https://127.0.0.1:{APISERVER_PORT}"
+    configs = [
+        KubeconfigSpec("admin", "admin", external, f"{cluster.name}-admin"),
+        KubeconfigSpec("admin-local", "admin", local, f"{cluster.name}-admin"),
+        KubeconfigSpec("controller-manager", "controller-manager", local, "system:kube-controller-manager"),
+        KubeconfigSpec("scheduler", "scheduler", local, "system:kube-scheduler"),
+        KubeconfigSpec("kube-proxy", "kube-proxy", external, "system:kube-proxy"),
+    ]
+    for node in cluster.workers:
+        configs.append(
+            KubeconfigSpec(f"kubelet-{node.name}", f"kubelet-{node.name}", external, f"system:node:{node.name}")
+        )
+    return configs
+
+
+def ensure(cluster: Cluster, state: State, now: datetime.datetime | None = None) -> PkiResult:
+    """Create what is missing or stale under ``state.pki_dir``; reuse everything else."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    directory = state.pki_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    result = PkiResult(directory)
+
+    ca_key, ca_cert = _ensure_ca(directory, cluster.name, now, result)
+    for spec in cluster_certs(cluster):
+        _ensure_leaf(directory, spec, ca_key, ca_cert, now, result)
+    _ensure_service_account_keys(directory, result)
+    _ensure_encryption_config(directory, result)
+    kube_dir = directory / "kubeconfigs"
+    kube_dir.mkdir(exist_ok=True)
+    ca_pem = (directory / "ca.crt").read_bytes()
+    for kc in cluster_kubeconfigs(cluster):
+        text = kubeconfig(
+            cluster.name, kc.server, ca_pem, kc.user, directory / f"{kc.cert}.crt", directory / f"{kc.cert}.key"
+        )
+        _write_if_changed(kube_dir / f"{kc.name}.kubeconfig", text.encode(), 0o600, result)
+    return result
+
+
+def kubeconfig(cluster_name: str, server: str, ca_pem: bytes, user: str, cert: Path, key: Path) -> str:
+    """A kubeconfig with everything embedded, so one file is all a node or a user needs."""
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster_name, "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(cert.read_bytes()),
+                    "client-key-data": b64(key.read_bytes()),
+                },
+            }
+        ],
+        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": user}}],
+        "current-context": cluster_name,
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+# --- internals -------------------------------------------------------------------------------------
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    # P-256: accepted by etcd, every Kubernetes component and kubectl, and fast on emulated CPUs.
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _ensure_ca(
+    directory: Path, cluster_name: str, now: datetime.datetime, result: PkiResult
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    cert_path, key_path = directory / "ca.crt", directory / "ca.key"
+    if cert_path.exists() and key_path.exists():
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except ValueError as exc:
+            raise PkiError(
+                str(cert_path),
+                f"the cluster CA cannot be read ({exc})",
+                f"restore it, or remove {directory} to start over",
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise PkiError(str(key_path), "the CA key is not an EC key", f"remove {directory} to start over")
+        result.reused.append("ca")
+        return key, cert
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster_name}-ca")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write(key_path, _key_pem(key), 0o600)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    result.issued.append("ca")
+    return key, cert
+
+
+def _leaf_is_current(path: Path, spec: CertSpec, ca_cert: x509.Certificate, now: datetime.datetime) -> bool:
+    key_path = path.with_suffix(".key")
+    if not (path.exists() and key_path.exists()):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    if cert.public_key() != key.public_key():
+        return False
+    if cert.not_valid_after_utc - now < RENEW_BEFORE:
+        return False
+    subject_cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    orgs = {a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)}
+    if [a.value for a in subject_cn] != [spec.cn] or orgs != set(spec.orgs):
+        return False
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns, ips = set(san.get_values_for_type(x509.DNSName)), set(san.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        dns, ips = set(), set()
+    return dns == spec.wanted_dns and ips == spec.wanted_ips
+
+
+def _ensure_leaf(
+    directory: Path,
+    spec: CertSpec,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    now: datetime.datetime,
+    result: PkiResult,
+) -> None:
+    cert_path = directory / f"{spec.name}.crt"
+    if _leaf_is_current(cert_path, spec, ca_cert, now):
+        result.reused.append(spec.name)
+        return
+    key = _new_key()
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in spec.orgs]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, spec.cn))
+    usages = [
+        u
+        for u, on in ((ExtendedKeyUsageOID.SERVER_AUTH, spec.server), (ExtendedKeyUsageOID.CLIENT_AUTH, spec.client))
+        if on
+    ]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(min(now + datetime.timedelta(days=LEAF_DAYS), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in spec.dns]
+    names += [x509.IPAddress(ip) for ip in sorted(spec.wanted_ips, key=str)]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write(cert_path.with_suffix(".key"), _key_pem(key), 0o600)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    result.issued.append(spec.name)
+
+
+def _ensure_service_account_keys(directory: Path, result: PkiResult) -> None:
+    key_path, pub_path = directory / "sa.key", directory / "sa.pub"
+    if key_path.exists() and pub_path.exists():
+        result.reused.append("sa")
+        return
+    key = _new_key()
+    _write(key_path, _key_pem(key), 0o600)
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    _write(pub_path, pub, 0o644)
+    result.issued.append("sa")
+
+
+def _ensure_encryption_config(directory: Path, result: PkiResult) -> None:
+    """Secrets at rest in etcd are encrypted with this key (aescbc, 32 random bytes), made once."""
+    path = directory / "encryption-config.yaml"
+    if path.exists():
+        result.reused.append("encryption-config")
+        return
+    secret = base64.b64encode(secrets.token_bytes(32)).decode()
+    doc = {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "EncryptionConfiguration",
+        "resources": [
+            {
+                "resources": ["secrets"],
+                "providers": [{"aescbc": {"keys": [{"name": "key1", "secret": secret}]}}, {"identity": {}}],
+            }
+        ],
+    }
+    _write(path, yaml.safe_dump(doc, sort_keys=False).encode(), 0o600)
+    result.issued.append("encryption-config")
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write through a temporary file created with the final mode, so a key is never world-readable."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, mode)
+    tmp.replace(path)
+
+
+def _write_if_changed(path: Path, data: bytes, mode: int, result: PkiResult) -> None:
+    if path.exists() and path.read_bytes() == data:
+        result.reused.append(path.name)
+        return
+    _write(path, data, mode)
+    result.issued.append(path.name)

@@ -1,0 +1,127 @@
+"""The PKI a user relies on: right names in the certificates, private keys private, made once."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from provisioner import paths, pki, spec
+from provisioner.state import State
+
+
+@pytest.fixture
+def cluster() -> spec.Cluster:
+    return spec.load(paths.default_spec())
+
+
+def _cert(state: State, name: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((state.pki_dir / f"{name}.crt").read_bytes())
+
+
+def _sans(cert: x509.Certificate) -> tuple[set[str], set[str]]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(san.get_values_for_type(x509.DNSName)), {str(i) for i in san.get_values_for_type(x509.IPAddress)}
+
+
+def test_apiserver_certificate_names_service_ip_and_master(cluster: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    dns, ips = _sans(_cert(state, "apiserver"))
+    assert {"10.96.0.1", "192.168.56.10", "127.0.0.1"} <= ips
+    assert {"kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "master"} <= dns
+
+
+def test_every_leaf_is_signed_by_the_cluster_ca(cluster: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    ca = _cert(state, "ca")
+    for leaf in pki.cluster_certs(cluster):
+        _cert(state, leaf.name).verify_directly_issued_by(ca)
+
+
+def test_kubelet_certificates_match_what_the_node_authorizer_and_apiserver_expect(
+    cluster: spec.Cluster, tmp_path: Path
+) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    client = _cert(state, "kubelet-worker-1")
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:worker-1"
+    assert client.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:nodes"
+    serving = _cert(state, "kubelet-server-worker-2")
+    assert _sans(serving) == ({"worker-2"}, {"192.168.56.12"})
+    usages = serving.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usages
+
+
+def test_private_keys_are_readable_by_their_owner_only(cluster: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    secret_files = [*state.pki_dir.glob("*.key"), state.pki_dir / "encryption-config.yaml"]
+    secret_files += list((state.pki_dir / "kubeconfigs").glob("*.kubeconfig"))
+    assert len(secret_files) > 10
+    for path in secret_files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_second_run_reuses_everything_byte_for_byte(cluster: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    before = {p: p.read_bytes() for p in state.pki_dir.rglob("*") if p.is_file()}
+    again = pki.ensure(cluster, state)
+    assert again.issued == []
+    assert {p: p.read_bytes() for p in state.pki_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_changed_node_address_reissues_only_that_nodes_serving_certificate(
+    cluster: spec.Cluster, tmp_path: Path
+) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    nodes = [
+        n.model_copy(update={"address": ipaddress.IPv4Address("192.168.56.21")}) if n.name == "worker-2" else n
+        for n in cluster.spec.nodes
+    ]
+    moved = cluster.model_copy(update={"spec": cluster.spec.model_copy(update={"nodes": nodes})})
+    result = pki.ensure(moved, state)
+    assert result.issued == ["kubelet-server-worker-2"]
+    assert _sans(_cert(state, "kubelet-server-worker-2"))[1] == {"192.168.56.21"}
+
+
+def test_a_certificate_near_expiry_is_renewed(cluster: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=pki.LEAF_DAYS - 10)
+    result = pki.ensure(cluster, state, now=later)
+    assert "apiserver" in result.issued
+    assert "ca" not in result.issued
+
+
+def test_admin_kubeconfig_points_at_the_master_with_embedded_credentials(cluster: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    doc = yaml.safe_load((state.pki_dir / "kubeconfigs" / "admin.kubeconfig").read_text())
+    assert doc["clusters"][0]["cluster"]["server"] == "https://192.168.56.10:6443"
+    cert = x509.load_pem_x509_certificate(base64.b64decode(doc["users"][0]["user"]["client-certificate-data"]))
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    assert doc["current-context"] == "lab"
+
+
+def test_secrets_encryption_key_is_32_random_bytes_and_kept(cluster: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    doc = yaml.safe_load((state.pki_dir / "encryption-config.yaml").read_text())
+    secret = doc["resources"][0]["providers"][0]["aescbc"]["keys"][0]["secret"]
+    assert len(base64.b64decode(secret)) == 32
+    other = State(tmp_path / "other")
+    pki.ensure(cluster, other)
+    assert (other.pki_dir / "encryption-config.yaml").read_text() != (
+        state.pki_dir / "encryption-config.yaml"
+    ).read_text()
