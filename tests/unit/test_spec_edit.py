@@ -1,0 +1,59 @@
+"""`scale` edits the spec file: new workers get free names and addresses; comments survive."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from provisioner import paths, spec, spec_edit
+from provisioner.errors import SpecError
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cluster.yaml"
+    shutil.copy(paths.default_spec(), path)
+    return path
+
+
+def test_scale_up_appends_workers_with_free_addresses(spec_file: Path) -> None:
+    plan = spec_edit.set_worker_count(spec_file, 4)
+    assert plan.added == ["worker-3", "worker-4"]
+    cluster = spec.load(spec_file)
+    assert [str(n.address) for n in cluster.workers] == [
+        "192.168.56.11",
+        "192.168.56.12",
+        "192.168.56.13",
+        "192.168.56.14",
+    ]
+    assert cluster.node("worker-4").memory == cluster.node("worker-1").memory
+    text = spec_file.read_text()
+    assert "# The default lab" in text and "# pinned;" in text  # the user's comments are kept
+
+
+def test_scale_down_removes_newest_workers_first(spec_file: Path) -> None:
+    spec_edit.set_worker_count(spec_file, 3)
+    plan = spec_edit.set_worker_count(spec_file, 1)
+    assert plan.removed == ["worker-3", "worker-2"]
+    assert [n.name for n in spec.load(spec_file).workers] == ["worker-1"]
+
+
+def test_scale_to_same_count_changes_nothing(spec_file: Path) -> None:
+    before = spec_file.read_text()
+    assert spec_edit.set_worker_count(spec_file, 2).empty
+    assert spec_file.read_text() == before
+
+
+def test_scale_below_one_worker_is_refused(spec_file: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        spec_edit.set_worker_count(spec_file, 0)
+    assert "at least 1 worker" in info.value.problems[0]
+
+
+def test_reused_name_after_scale_down_keeps_pod_cidr_unique(spec_file: Path) -> None:
+    spec_edit.set_worker_count(spec_file, 1)
+    spec_edit.set_worker_count(spec_file, 2)
+    cluster = spec.load(spec_file)
+    assert len(set(cluster.pod_cidrs.values())) == len(cluster.spec.nodes)
