@@ -1,0 +1,327 @@
+"""The one adapter between provisioner and Ansible: ansible-runner in, provisioner events out.
+
+Each run gets its own private data directory under ``State.runs_dir``; it is kept, so a failed run
+can be read afterwards (``artifacts/<id>/stdout`` and ``job_events/``). Plays are named
+``"<Phase>: <group>"`` in the playbook; events are grouped into phases by that prefix, which gives
+the per-phase durations and changed counts the CLI prints.
+
+Ansible runs inside the provider's command prefix (``ip netns exec <lab> ...``) when there is one,
+because the lab machines are reachable only from inside that network namespace.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+import shlex
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import PlaybookError, ToolMissing
+from provisioner.events import EventBus, PhaseFinished, PhaseStarted, Progress, TaskResult
+from provisioner.paths import REPO_ROOT
+from provisioner.state import State
+
+PLAYBOOK_DIR = REPO_ROOT / "playbooks"
+SITE = PLAYBOOK_DIR / "site.yml"
+# PROVISIONER_ANSIBLE_STRATEGY=linear forces Ansible's own strategy (e.g. to compare, or if mitogen breaks).
+STRATEGY_ENV = "PROVISIONER_ANSIBLE_STRATEGY"
+MITOGEN_STRATEGY = "mitogen_linear"
+
+
+@dataclass
+class HostStats:
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    rescued: int = 0
+
+
+@dataclass
+class PhaseStats:
+    name: str
+    seconds: float = 0.0
+    changed: int = 0
+    tasks: int = 0
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    strategy: str
+    seconds: float
+    hosts: dict[str, HostStats]
+    phases: list[PhaseStats] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return sum(h.changed for h in self.hosts.values())
+
+    @property
+    def stdout(self) -> Path:
+        return self.run_dir / "artifacts" / "run" / "stdout"
+
+
+@dataclass
+class _Failure:
+    phase: str
+    host: str
+    task: str
+    message: str
+
+
+def strategy(requested: str | None = None) -> str:
+    """mitogen_linear when mitogen is importable (about 10x faster on emulated VMs), else linear."""
+    choice = requested or os.environ.get(STRATEGY_ENV, "")
+    if choice:
+        return choice
+    return MITOGEN_STRATEGY if importlib.util.find_spec("ansible_mitogen") else "linear"
+
+
+def phase_of(play_name: str) -> str:
+    """The phase a play belongs to: the text before the first colon, lower case ("Etcd: masters" -> "etcd")."""
+    return play_name.split(":", 1)[0].strip().lower() or "ansible"
+
+
+def _message(res: Mapping[str, Any]) -> str:
+    """The most useful one-line-or-few explanation Ansible gave for a failed task."""
+    parts: list[str] = []
+    for key in ("msg", "stderr", "module_stderr", "stdout"):
+        value = res.get(key)
+        if isinstance(value, str) and value.strip() and value.strip() not in parts:
+            parts.append(value.strip())
+        if key == "stderr" and parts:
+            break
+    if not parts and isinstance(res.get("results"), list):
+        for item in res["results"]:
+            if isinstance(item, dict) and item.get("failed"):
+                return _message(item)
+    return "\n".join(parts) or "no message"
+
+
+class _Translator:
+    """Turns ansible-runner events into provisioner events and keeps per-phase counts."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self.phases: list[PhaseStats] = []
+        self._phase: PhaseStats | None = None
+        self._started = 0.0
+        self._task = ""
+        self.failures: list[_Failure] = []
+        self.lock = threading.Lock()
+
+    @property
+    def phase(self) -> str:
+        return self._phase.name if self._phase else "ansible"
+
+    def _enter(self, name: str) -> None:
+        if self._phase and self._phase.name == name:
+            return
+        self.close()
+        self._phase = PhaseStats(name)
+        self._started = time.monotonic()
+        self.bus.emit(PhaseStarted(name, "ansible"))
+
+    def close(self, ok: bool = True) -> None:
+        if self._phase is None:
+            return
+        self._phase.seconds = time.monotonic() - self._started
+        self.phases.append(self._phase)
+        self.bus.emit(
+            PhaseFinished(self._phase.name, self._phase.seconds, ok=ok, detail=f"{self._phase.changed} changed")
+        )
+        self._phase = None
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        with self.lock:
+            self._handle(event)
+        return True  # keep every event in the run's artifacts directory
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("event", "")
+        data: dict[str, Any] = event.get("event_data") or {}
+        if kind == "playbook_on_play_start":
+            self._enter(phase_of(str(data.get("play", ""))))
+        elif kind in ("playbook_on_task_start", "playbook_on_handler_task_start"):
+            self._task = str(data.get("task", ""))
+            if self._phase:
+                self._phase.tasks += 1
+            self.bus.emit(Progress(self.phase, self._task))
+        elif kind.startswith("runner_on_") and kind != "runner_on_start":
+            self._result(kind.removeprefix("runner_on_"), data)
+
+    def _result(self, outcome: str, data: dict[str, Any]) -> None:
+        host = str(data.get("host", ""))
+        task = str(data.get("task", self._task))
+        res: dict[str, Any] = data.get("res") or {}
+        if outcome == "ok":
+            status = "changed" if res.get("changed") else "ok"
+            if status == "changed" and self._phase:
+                self._phase.changed += 1
+            self.bus.emit(TaskResult(self.phase, task, host, status))
+        elif outcome in ("failed", "unreachable"):
+            message = _message(res)
+            if outcome == "failed" and data.get("ignore_errors"):
+                self.bus.emit(TaskResult(self.phase, task, host, "ok", message))
+                return
+            self.failures.append(_Failure(self.phase, host, task, message))
+            self.bus.emit(TaskResult(self.phase, task, host, outcome, message))
+        elif outcome == "skipped":
+            self.bus.emit(TaskResult(self.phase, task, host, "skipped"))
+
+
+def _ansible_playbook() -> str:
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
+    if not found:
+        raise ToolMissing(
+            "ansible-playbook", "not found next to this Python or on PATH", "install ansible-core (scripts/deps.sh)"
+        )
+    return found
+
+
+def _env(state: State, chosen: str, host_key_checking: bool) -> dict[str, str]:
+    env = {
+        "ANSIBLE_CONFIG": str(PLAYBOOK_DIR / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(PLAYBOOK_DIR / "roles"),
+        "ANSIBLE_STRATEGY": chosen,
+        # ansible-core 2.19 warns about third-party strategies on every run; mitogen is a choice here.
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_FORCE_COLOR": "False",
+        "ANSIBLE_NOCOLOR": "True",
+    }
+    if chosen.startswith("mitogen"):
+        spec = importlib.util.find_spec("ansible_mitogen")
+        if spec is None or not spec.submodule_search_locations:
+            raise ToolMissing(
+                "mitogen", f"strategy {chosen} was asked for but mitogen is not installed", "pip install mitogen"
+            )
+        plugins = Path(next(iter(spec.submodule_search_locations))) / "plugins" / "strategy"
+        env["ANSIBLE_STRATEGY_PLUGINS"] = str(plugins)
+    known_hosts = state.root / "ssh" / "known_hosts"
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    ssh_args = "-o ControlMaster=auto -o ControlPersist=300s -o ServerAliveInterval=15"
+    if host_key_checking:
+        # Trust on first use, remembered per cluster: a changed host key later stops the run.
+        ssh_args += f" -o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=accept-new"
+        env["ANSIBLE_HOST_KEY_CHECKING"] = "True"
+    else:
+        # Lab VMs are recreated with fresh host keys on the same addresses, inside a private namespace.
+        ssh_args += " -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"
+        env["ANSIBLE_HOST_KEY_CHECKING"] = "False"
+    env["ANSIBLE_SSH_ARGS"] = ssh_args
+    return env
+
+
+def run_playbook(
+    state: State,
+    bus: EventBus,
+    *,
+    playbook: Path = SITE,
+    prefix: Sequence[str] = (),
+    extravars: Mapping[str, Any] | None = None,
+    limit: str | None = None,
+    tags: str | None = None,
+    strategy_name: str | None = None,
+    host_key_checking: bool = False,
+    name: str = "up",
+) -> RunResult:
+    """Run a playbook against the cluster's inventory; raise PlaybookError naming host and task on failure."""
+    import ansible_runner  # heavy import, only when a run happens
+
+    chosen = strategy(strategy_name)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    run_dir = state.runs_dir / f"{stamp}-{name}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = state.runs_dir / f"{stamp}-{name}-{suffix}"
+    run_dir.mkdir(parents=True)
+
+    kwargs: dict[str, Any] = {}
+    args = [str(playbook)]
+    if prefix:
+        # The whole ansible-playbook process enters the lab's namespace, so SSH (and mitogen) reach the nodes.
+        wrapper = run_dir / "ansible-playbook"
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            "# Runs Ansible inside the lab's network namespace (written by provisioner.runner).\n"
+            f'exec {shlex.join([*prefix, _ansible_playbook()])} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        kwargs["binary"] = str(wrapper)
+    else:
+        kwargs["binary"] = _ansible_playbook()
+    if limit:
+        args += ["--limit", limit]
+    if tags:
+        args += ["--tags", tags]
+
+    translator = _Translator(bus)
+    started = time.monotonic()
+    thread, runner = ansible_runner.run_async(
+        private_data_dir=str(run_dir),
+        ident="run",
+        inventory=str(state.inventory_file),
+        cmdline=shlex.join(args),
+        extravars=dict(extravars or {}),
+        envvars=_env(state, chosen, host_key_checking),
+        event_handler=translator,
+        quiet=True,
+        suppress_env_files=False,
+        **kwargs,
+    )
+    thread.join()
+    seconds = time.monotonic() - started
+    hosts = _host_stats(runner.stats or {})
+    failed = runner.status != "successful" or any(h.failed or h.unreachable for h in hosts.values())
+    with translator.lock:
+        translator.close(ok=not failed)
+    result = RunResult(run_dir, chosen, seconds, hosts, translator.phases)
+    if failed:
+        raise _error(result, translator.failures, str(runner.status), runner.rc)
+    return result
+
+
+def _host_stats(stats: Mapping[str, Mapping[str, int]]) -> dict[str, HostStats]:
+    hosts: dict[str, HostStats] = {}
+    keys = {
+        "ok": "ok",
+        "changed": "changed",
+        "failures": "failed",
+        "dark": "unreachable",
+        "skipped": "skipped",
+        "rescued": "rescued",
+    }
+    for runner_key, attr in keys.items():
+        for host, count in (stats.get(runner_key) or {}).items():
+            setattr(hosts.setdefault(host, HostStats()), attr, count)
+    return hosts
+
+
+def _error(result: RunResult, failures: list[_Failure], status: str, rc: int | None) -> PlaybookError:
+    log = result.stdout
+    fix = f"the run's full log is {log}; fix the cause and run `provisioner up` again (it picks up where it stopped)"
+    # A failure inside a block that was rescued is not final; the rescue's own failure comes last.
+    final = [
+        f
+        for f in failures
+        if result.hosts.get(f.host, HostStats()).failed or result.hosts.get(f.host, HostStats()).unreachable
+    ]
+    if final:
+        last = final[-1]
+        return PlaybookError(f"phase {last.phase}: task '{last.task}' on {last.host}", last.message, fix)
+    if failures:
+        last = failures[-1]
+        return PlaybookError(f"phase {last.phase}: task '{last.task}' on {last.host}", last.message, fix)
+    return PlaybookError("ansible-playbook", f"ended with status {status} (exit code {rc})", fix)

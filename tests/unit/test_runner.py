@@ -1,0 +1,136 @@
+"""The ansible-runner adapter, driven with real Ansible against the local machine (no VM needed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provisioner import runner
+from provisioner.errors import PlaybookError
+from provisioner.events import EventBus, PhaseFinished, PhaseStarted, Progress, Recorder, TaskResult
+from provisioner.state import State
+
+PLAYBOOK = """
+- name: "Alpha: local"
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Make a file
+      ansible.builtin.copy:
+        dest: "{{ target }}"
+        content: "hello\\n"
+        mode: "0644"
+    - name: Probe
+      ansible.builtin.command: "true"
+      changed_when: false
+
+- name: "Beta: local"
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Read the marker the command prefix set
+      ansible.builtin.copy:
+        dest: "{{ target }}.env"
+        content: "{{ lookup('ansible.builtin.env', 'PROVISIONER_TEST_PREFIX') }}\\n"
+        mode: "0644"
+"""
+
+FAILING = """
+- name: "Gamma: local"
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Break on purpose
+      ansible.builtin.command: sh -c 'echo broken-disk >&2; exit 3'
+      changed_when: false
+"""
+
+
+@pytest.fixture
+def local_state(tmp_path: Path) -> State:
+    state = State(tmp_path / "state").ensure()
+    inventory = {
+        "all": {
+            "hosts": {
+                "box": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+            }
+        }
+    }
+    state.inventory_file.write_text(yaml.safe_dump(inventory))
+    return state
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "play.yml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("strategy", ["linear", "mitogen_linear"])
+def test_phases_timings_and_changed_counts_then_idempotent(local_state: State, tmp_path: Path, strategy: str) -> None:
+    bus, rec = EventBus(), Recorder()
+    bus.subscribe(rec)
+    target = tmp_path / "out.txt"
+    play = _write(tmp_path, PLAYBOOK)
+    first = runner.run_playbook(
+        local_state, bus, playbook=play, extravars={"target": str(target)}, strategy_name=strategy
+    )
+    assert first.strategy == strategy
+    assert [p.name for p in first.phases] == ["alpha", "beta"]
+    assert [p.changed for p in first.phases] == [1, 1]
+    assert first.hosts["box"].changed == 2
+    assert all(p.seconds > 0 for p in first.phases)
+    assert target.read_text() == "hello\n"
+    assert [e.phase for e in rec.of(PhaseStarted)] == ["alpha", "beta"]  # type: ignore[attr-defined]
+    assert all(e.ok for e in rec.of(PhaseFinished))  # type: ignore[attr-defined]
+    statuses = {(e.task, e.status) for e in rec.of(TaskResult)}  # type: ignore[attr-defined]
+    assert ("Make a file", "changed") in statuses
+    assert ("Probe", "ok") in statuses
+    assert any(e.message == "Make a file" for e in rec.of(Progress))  # type: ignore[attr-defined]
+    assert first.stdout.is_file()
+
+    second = runner.run_playbook(
+        local_state, bus, playbook=play, extravars={"target": str(target)}, strategy_name=strategy
+    )
+    assert second.changed == 0
+    assert second.run_dir != first.run_dir and first.run_dir.is_dir()
+
+
+def test_a_failed_task_names_phase_host_task_and_cause(local_state: State, tmp_path: Path) -> None:
+    bus = EventBus()
+    with pytest.raises(PlaybookError) as failure:
+        runner.run_playbook(local_state, bus, playbook=_write(tmp_path, FAILING), strategy_name="linear")
+    text = str(failure.value)
+    assert "phase gamma" in text
+    assert "'Break on purpose' on box" in text
+    assert "broken-disk" in text
+    assert "provisioner up" in failure.value.fix
+    runs = list(local_state.runs_dir.iterdir())
+    assert len(runs) == 1 and (runs[0] / "artifacts" / "run" / "stdout").is_file()
+
+
+def test_ansible_runs_inside_the_command_prefix(local_state: State, tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    runner.run_playbook(
+        local_state,
+        EventBus(),
+        playbook=_write(tmp_path, PLAYBOOK),
+        prefix=["env", "PROVISIONER_TEST_PREFIX=inside"],
+        extravars={"target": str(target)},
+    )
+    assert Path(f"{target}.env").read_text() == "inside\n"
+
+
+def test_strategy_defaults_to_mitogen_and_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runner.STRATEGY_ENV, raising=False)
+    assert runner.strategy() == "mitogen_linear"
+    monkeypatch.setenv(runner.STRATEGY_ENV, "linear")
+    assert runner.strategy() == "linear"
+
+
+def test_play_names_map_to_phases() -> None:
+    assert runner.phase_of("Control plane: masters") == "control plane"
+    assert runner.phase_of("PKI: workers") == "pki"
