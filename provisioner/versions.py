@@ -18,7 +18,10 @@ class ComponentSet:
     cni_plugins: str
     crictl: str
     coredns: str
+    # pause and agnhost come from the Kubernetes module itself (build/pause/Makefile TAG and
+    # test/images/agnhost/VERSION); the build refuses a pin that disagrees with the source.
     pause: str
+    agnhost: str
 
 
 SUPPORTED: dict[str, ComponentSet] = {
@@ -30,7 +33,8 @@ SUPPORTED: dict[str, ComponentSet] = {
         cni_plugins="v1.9.1",
         crictl="v1.37.0",
         coredns="v1.14.7",
-        pause="3.10.1",
+        pause="3.10.2",
+        agnhost="2.66.1",
     ),
     "v1.36.3": ComponentSet(
         kubernetes="v1.36.3",
@@ -40,7 +44,8 @@ SUPPORTED: dict[str, ComponentSet] = {
         cni_plugins="v1.9.1",
         crictl="v1.37.0",
         coredns="v1.14.7",
-        pause="3.10.1",
+        pause="3.10.2",
+        agnhost="2.63.0",
     ),
 }
 
