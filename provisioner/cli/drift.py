@@ -1,0 +1,57 @@
+"""`provisioner drift --manifests DIR`: YAML files vs live objects; exit 0 none, 1 some, 2 on error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from provisioner import artifacts, paths, spec
+from provisioner.cli.render import console, out
+from provisioner.drift import drift as find_drift
+from provisioner.errors import ProvisionerError, ToolMissing
+from provisioner.events import EventBus
+from provisioner.providers import for_cluster
+from provisioner.state import State
+from provisioner.verify.kube import Kubectl
+
+app = typer.Typer(
+    help="Report differences between manifests on disk and the live objects.",
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback(invoke_without_command=True)
+def drift(
+    manifests: Annotated[Path, typer.Option("--manifests", help="Folder of YAML manifests (searched recursively).")],
+    spec_file: Annotated[
+        Path | None,
+        typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the differences as JSON.")] = False,
+) -> None:
+    """Exit 0 when every object matches its file, 1 when anything drifted or is missing, 2 on an error."""
+    try:
+        cluster = spec.load(spec_file or paths.default_spec())
+        state = State.for_cluster(cluster.name)
+        kubectl_bin = artifacts.artifact_set(cluster).bin / "kubectl"
+        if not kubectl_bin.is_file():
+            raise ToolMissing(str(kubectl_bin), "kubectl of the artifact set is missing", "run `provisioner artifacts`")
+        prefix = for_cluster(cluster, state, EventBus()).command_prefix()
+        differences = find_drift(manifests, Kubectl(kubectl_bin, state.kubeconfig, prefix))
+    except ProvisionerError as exc:
+        # Any error is exit 2, so scripts can tell "could not compare" from "drifted".
+        console.print(f"[bold red]error:[/bold red] {exc.message()}")
+        raise typer.Exit(2) from None
+    if as_json:
+        out.print_json(json.dumps([d.to_dict() for d in differences]))
+    elif not differences:
+        out.print(f"no drift: every object in {manifests} matches the cluster")
+    else:
+        for d in differences:
+            out.print(d.line(), markup=False)
+        objects = len({d.object for d in differences})
+        out.print(f"{len(differences)} difference(s) in {objects} object(s)")
+    raise typer.Exit(1 if differences else 0)

@@ -1,0 +1,75 @@
+"""What every node promises: certificates valid and named right, secrets private, swap off, kernel ready."""
+
+from __future__ import annotations
+
+import datetime
+import stat
+
+import pytest
+from testinfra.host import Host
+
+from provisioner.verify import certs
+
+testinfra_hosts = ["ansible://k8s_cluster"]
+
+CONFIG_DIRS = ["/etc/kubernetes", "/etc/etcd"]
+# A file holding any of these is a secret: private keys, kubeconfigs with client keys, the encryption key.
+SECRET_MARKERS = ["PRIVATE KEY", "client-key-data", "kind: EncryptionConfiguration"]
+SYSCTLS = {"net.ipv4.ip_forward": 1, "net.bridge.bridge-nf-call-iptables": 1, "net.bridge.bridge-nf-call-ip6tables": 1}
+MODULES = ["overlay", "br_netfilter"]
+
+
+def _find(host: Host, expression: str) -> list[str]:
+    dirs = " ".join(CONFIG_DIRS)
+    out = host.check_output(f"find {dirs} -type f \\( {expression} \\) 2>/dev/null || true")
+    return sorted(line for line in out.splitlines() if line)
+
+
+def test_certificates_valid(host: Host) -> None:
+    """every certificate under /etc/kubernetes (files and kubeconfigs) is valid now and for 30+ days"""
+    now = datetime.datetime.now(datetime.UTC)
+    files = _find(host, "-name '*.crt' -o -name '*.pem' -o -name '*.kubeconfig'")
+    assert files, "no certificate or kubeconfig found under " + ", ".join(CONFIG_DIRS)
+    problems: list[str] = []
+    seen = 0
+    for path in files:
+        content = host.file(path).content
+        found = certs.kubeconfig_certs(content.decode()) if path.endswith(".kubeconfig") else certs.read_pem(content)
+        seen += len(found)
+        for cert in found:
+            problems += certs.validity_problems(path, cert, now)
+    assert seen, f"none of {files} holds a certificate"
+    assert not problems, "; ".join(problems)
+
+
+def test_secrets_private(host: Host) -> None:
+    """private keys, kubeconfigs and the encryption key are mode 0600 and owned by root:root"""
+    pattern = "|".join(SECRET_MARKERS)
+    dirs = " ".join(CONFIG_DIRS)
+    out = host.check_output(f"grep -rlE '{pattern}' {dirs} 2>/dev/null || true")
+    secrets = sorted(line for line in out.splitlines() if line)
+    assert secrets, "no private key found under " + ", ".join(CONFIG_DIRS)
+    loose = []
+    for path in secrets:
+        f = host.file(path)
+        if f.mode != 0o600 or f.user != "root" or f.group != "root":
+            loose.append(f"{path} is {stat.filemode(stat.S_IFREG | f.mode)} {f.user}:{f.group}")
+    assert not loose, "; ".join(loose)
+
+
+def test_swap_off(host: Host) -> None:
+    """no swap is active (the kubelet's memory accounting assumes none)"""
+    active = host.file("/proc/swaps").content_string.strip().splitlines()[1:]
+    assert not active, f"active swap: {active}"
+
+
+@pytest.mark.parametrize("key", sorted(SYSCTLS))
+def test_sysctl(host: Host, key: str) -> None:
+    """kernel setting {key} is 1"""
+    assert host.sysctl(key) == SYSCTLS[key], f"{key} = {host.sysctl(key)}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_kernel_module(host: Host, module: str) -> None:
+    """kernel module {module} is loaded"""
+    assert host.file(f"/sys/module/{module}").is_directory, f"{module} is not loaded"

@@ -1,0 +1,82 @@
+"""The master runs etcd and the control plane as systemd services, and no container engine at all."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from testinfra.host import Host
+
+from provisioner.verify import certs
+from provisioner.verify.hosts.helpers import https_get, listening_ports, node_name, running_programs
+
+testinfra_hosts = ["ansible://masters"]
+
+CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+# Ports each component listens on: etcd client and peer, the API, the two components' secure ports.
+PORTS = {"etcd": [2379, 2380], "kube-apiserver": [6443], "kube-controller-manager": [10257], "kube-scheduler": [10259]}
+# Nothing that runs containers belongs on the master: the seed promises a master without a container engine.
+FORBIDDEN = ["containerd", "containerd-shim-runc-v2", "ctr", "runc", "crictl", "kubelet", "kube-proxy"]
+PKI = "/etc/kubernetes/pki"
+ETCDCTL = (
+    f"etcdctl --endpoints=https://127.0.0.1:2379 --cacert={PKI}/ca.crt "
+    f"--cert={PKI}/apiserver-etcd-client.crt --key={PKI}/apiserver-etcd-client.key"
+)
+
+
+@pytest.mark.parametrize("unit", CONTROL_PLANE)
+def test_service(host: Host, unit: str) -> None:
+    """systemd unit {unit} is active and enabled"""
+    service = host.service(unit)
+    assert service.is_running, f"{unit} is not active"
+    assert service.is_enabled, f"{unit} is not enabled at boot"
+
+
+@pytest.mark.parametrize("unit", CONTROL_PLANE)
+def test_listening(host: Host, unit: str) -> None:
+    """{unit} listens on its TCP ports"""
+    missing = sorted(set(PORTS[unit]) - listening_ports(host))
+    assert not missing, f"{unit}: nothing listens on port(s) {missing}"
+
+
+def test_etcd_healthy(host: Host) -> None:
+    """etcd answers `etcdctl endpoint health` over TLS with the apiserver's client certificate"""
+    cmd = host.run(f"{ETCDCTL} endpoint health")
+    assert cmd.rc == 0 and "is healthy" in cmd.stdout + cmd.stderr, (cmd.stdout + cmd.stderr).strip()
+
+
+def test_apiserver_healthy(host: Host) -> None:
+    """kube-apiserver /readyz answers ok on the master (through its local admin kubeconfig)"""
+    cmd = host.run("kubectl --kubeconfig=/etc/kubernetes/admin.kubeconfig get --raw=/readyz")
+    assert cmd.rc == 0 and cmd.stdout.strip() == "ok", (cmd.stdout + cmd.stderr).strip()
+
+
+@pytest.mark.parametrize("unit, port", [("kube-controller-manager", 10257), ("kube-scheduler", 10259)])
+def test_component_healthy(host: Host, unit: str, port: int) -> None:
+    """{unit} /healthz on port {port} answers ok"""
+    status, body = https_get(host, f"https://127.0.0.1:{port}/healthz")
+    assert (status, body) == (200, "ok"), f"{unit} /healthz: {status} {body}"
+
+
+@pytest.mark.parametrize("program", FORBIDDEN)
+def test_no_container_engine(host: Host, program: str) -> None:
+    """{program} is neither installed nor running on the master"""
+    installed = [
+        p for p in ("/usr/local/bin", "/usr/bin", "/usr/sbin", "/opt/cni/bin") if host.file(f"{p}/{program}").exists
+    ]
+    assert not installed, f"{program} is installed in {installed}"
+    # /proc/PID/comm holds at most 15 characters.
+    assert program[:15] not in running_programs(host), f"{program} is running"
+
+
+@pytest.mark.parametrize("name, port", [("apiserver", 6443), ("etcd-server", 2379), ("etcd-peer", 2380)])
+def test_served_certificate(host: Host, facts: dict[str, Any], name: str, port: int) -> None:
+    """the {name} certificate served on port {port} has the expected names and 30+ days left"""
+    address = facts["nodes"][node_name(host)]["address"]
+    served = certs.served_certificate(address, port)
+    wanted = facts["certs"][name]
+    missing = certs.missing_names(served, wanted["dns"], wanted["ips"])
+    assert not missing, f"{name} on {address}:{port} lacks subject alternative names {missing}"
+    problems = certs.validity_problems(f"{name} on {address}:{port}", served, datetime.datetime.now(datetime.UTC))
+    assert not problems, "; ".join(problems)

@@ -1,0 +1,290 @@
+"""verify's report and plumbing, without a cluster: rows, files, selection, host modules, certificate checks."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provisioner import paths, pki, spec
+from provisioner.cli.verify import table
+from provisioner.errors import ProvisionerError
+from provisioner.state import State
+from provisioner.verify import certs, check_ids, hostchecks, selected
+from provisioner.verify.kube import CheckFailed, NotYet, read_inventory, wait_for
+from provisioner.verify.report import FAILED, PASSED, SKIPPED, CheckResult, VerifyReport, from_junit
+
+
+@pytest.fixture
+def cluster() -> spec.Cluster:
+    return spec.load(paths.default_spec())
+
+
+def sample() -> VerifyReport:
+    report = VerifyReport("lab")
+    report.results = [
+        CheckResult("nodes-ready", "every worker Ready", PASSED, 1.25, "worker-1, worker-2 Ready", "nodes-ready"),
+        CheckResult(
+            "master: service etcd @master",
+            "systemd unit etcd is active and enabled",
+            FAILED,
+            0.5,
+            "etcd is not active",
+            "master",
+        ),
+        CheckResult("worker-shutdown", "a worker shut down ...", SKIPPED, 0.0, "static hosts", "worker-shutdown"),
+    ]
+    return report
+
+
+def test_rows_carry_check_expectation_result_and_duration() -> None:
+    report = sample()
+    assert report.rows()[1] == (
+        "master: service etcd @master",
+        "systemd unit etcd is active and enabled",
+        "failed: etcd is not active",
+        "0.5s",
+    )
+    assert not report.ok and [r.check for r in report.failed] == ["master: service etcd @master"]
+    assert report.counts() == {PASSED: 1, FAILED: 1, SKIPPED: 1}
+
+
+def test_json_report_lists_every_check(tmp_path: Path) -> None:
+    path = sample().write(tmp_path / "r" / "verify.json")
+    data = json.loads(path.read_text())
+    assert data["ok"] is False and data["counts"] == {"passed": 1, "failed": 1, "skipped": 1}
+    assert [r["check"] for r in data["results"]] == [r.check for r in sample().results]
+    assert data["results"][0]["seconds"] == 1.25
+
+
+def test_junit_report_round_trips(tmp_path: Path) -> None:
+    path = sample().write(tmp_path / "verify.xml")
+    suite = ET.parse(path).getroot()
+    assert suite.tag == "testsuite" and suite.get("tests") == "3" and suite.get("failures") == "1"
+    rows = from_junit(path.read_text())
+    assert [(r.check, r.result, r.detail) for r in rows] == [
+        ("nodes-ready", PASSED, ""),
+        ("master: service etcd @master", FAILED, "etcd is not active"),
+        ("worker-shutdown", SKIPPED, "static hosts"),
+    ]
+    assert rows[1].expectation == "systemd unit etcd is active and enabled"
+
+
+def test_table_has_the_four_columns() -> None:
+    t = table(sample())
+    assert [c.header for c in t.columns] == ["check", "expectation", "result", "duration"]
+    assert t.row_count == 3
+
+
+def test_selection_by_id_pattern_and_group() -> None:
+    assert selected(None) == check_ids()
+    assert selected(["dns"]) == ["dns"]
+    assert selected(["kill-*"]) == [
+        f"kill-{u}"
+        for u in (
+            "kube-apiserver",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "etcd",
+            "kubelet",
+            "containerd",
+            "kube-proxy",
+        )
+    ]
+    assert selected(["hosts"]) == ["master", "worker", "common"]
+    assert "worker-shutdown" in selected(["self-healing"])
+    with pytest.raises(ProvisionerError) as err:
+        selected(["dsn"])
+    assert "dsn" in err.value.message() and "dns" in err.value.message()
+
+
+def test_wait_for_says_what_it_waited_for() -> None:
+    calls = []
+
+    def probe() -> str:
+        calls.append(1)
+        raise NotYet(f"seen {len(calls)}")
+
+    with pytest.raises(CheckFailed) as err:
+        wait_for("the moon to turn blue", probe, timeout=0.3, interval=0.1)
+    assert "the moon to turn blue" in str(err.value) and f"seen {len(calls)}" in str(err.value)
+
+
+def test_inventory_is_read_with_roles(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "children": {
+                        "k8s_cluster": {
+                            "children": {
+                                "masters": {
+                                    "hosts": {
+                                        "master": {
+                                            "ansible_host": "192.168.121.5",
+                                            "ansible_user": "root",
+                                            "ansible_ssh_private_key_file": "/k",
+                                            "node_address": "192.168.56.10",
+                                        }
+                                    }
+                                },
+                                "workers": {
+                                    "hosts": {"worker-1": {"ansible_host": "192.168.121.6", "ansible_port": 2222}}
+                                },
+                            }
+                        }
+                    }
+                }
+            }
+        )
+    )
+    nodes = read_inventory(inv)
+    assert nodes["master"].role == "master" and nodes["master"].address == "192.168.56.10"
+    assert nodes["worker-1"].role == "worker" and nodes["worker-1"].port == 2222
+
+
+# --- the testinfra modules, run for real against this machine through a local-connection inventory ---------
+
+
+@pytest.fixture(scope="module")
+def local_host_rows(tmp_path_factory: pytest.TempPathFactory) -> list[CheckResult]:
+    """The host modules run against this machine: it is no cluster node, so most checks must fail."""
+    tmp = tmp_path_factory.mktemp("hosts")
+    inv = tmp / "hosts.yml"
+    local = {"ansible_connection": "local"}
+    inv.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "children": {
+                        "k8s_cluster": {
+                            "children": {
+                                "masters": {"hosts": {"master": dict(local)}},
+                                "workers": {"hosts": {"worker-1": dict(local)}},
+                            }
+                        }
+                    }
+                }
+            }
+        )
+    )
+    facts = tmp / "facts.json"
+    cluster = spec.load(paths.default_spec())
+    data = hostchecks.facts(cluster)
+    # Point the served-certificate checks at loopback, where nothing listens.
+    data["nodes"] = {
+        "master": {"role": "master", "address": "127.0.0.1"},
+        "worker-1": {"role": "worker", "address": "127.0.0.1"},
+    }
+    facts.write_text(json.dumps(data))
+    junit = tmp / "junit.xml"
+    env = dict(
+        os.environ,
+        PROVISIONER_VERIFY_FACTS=str(facts),
+        PYTHONDONTWRITEBYTECODE="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    cmd = hostchecks.pytest_command(inv, junit, list(hostchecks.MODULES))
+    subprocess.run(cmd, env=env, capture_output=True, timeout=300, check=False, cwd=tmp)
+    return from_junit(junit.read_text(), {Path(m).stem: g for g, m in hostchecks.MODULES.items()})
+
+
+def test_host_modules_give_one_named_row_per_check_and_host(local_host_rows: list[CheckResult]) -> None:
+    checks = {r.check for r in local_host_rows}
+    assert "master: service etcd @master" in checks
+    assert "worker: service kubelet @worker-1" in checks
+    assert "common: swap off @master" in checks and "common: swap off @worker-1" in checks
+    assert {r.group for r in local_host_rows} == {"master", "worker", "common"}
+    assert all(r.expectation for r in local_host_rows)
+    assert next(r for r in local_host_rows if r.check == "master: service etcd @master").expectation == (
+        "systemd unit etcd is active and enabled"
+    )
+
+
+def test_host_modules_fail_where_this_machine_breaks_the_promise(local_host_rows: list[CheckResult]) -> None:
+    by_check = {r.check: r for r in local_host_rows}
+    # This machine runs no etcd and no kubelet, serves no certificates and keeps no secrets in /etc/kubernetes.
+    for check in (
+        "master: service etcd @master",
+        "worker: service kubelet @worker-1",
+        "master: served certificate apiserver 6443 @master",
+        "common: secrets private @master",
+    ):
+        assert by_check[check].result == FAILED, check
+        assert by_check[check].detail
+    assert "etcd is not active" in by_check["master: service etcd @master"].detail
+    # ...and holds no container engine binary, so the master's promise holds here.
+    assert by_check["master: no container engine runc @master"].result == PASSED
+
+
+# --- certificate checks against certificates the project's own PKI issues ---------------------------------
+
+
+@pytest.fixture
+def issued(cluster: spec.Cluster, tmp_path: Path) -> State:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    return state
+
+
+def test_expected_names_come_from_the_pki_plan(cluster: spec.Cluster, issued: State) -> None:
+    cert = certs.read_pem((issued.pki_dir / "apiserver.crt").read_bytes())[0]
+    wanted = hostchecks.facts(cluster)["certs"]["apiserver"]
+    assert certs.missing_names(cert, wanted["dns"], wanted["ips"]) == []
+    assert certs.missing_names(cert, ["kubernetes.default.svc", "other.example"], ["10.96.0.1", "10.0.0.9"]) == [
+        "other.example",
+        "10.0.0.9",
+    ]
+
+
+def test_validity_window(issued: State) -> None:
+    cert = certs.read_pem((issued.pki_dir / "apiserver.crt").read_bytes())[0]
+    now = datetime.datetime.now(datetime.UTC)
+    assert certs.validity_problems("apiserver.crt", cert, now) == []
+    late = cert.not_after - datetime.timedelta(days=10)
+    assert "expires in 10 days" in certs.validity_problems("apiserver.crt", cert, late)[0]
+    assert "expired" in certs.validity_problems("apiserver.crt", cert, cert.not_after + datetime.timedelta(days=1))[0]
+
+
+def test_kubeconfig_certificates_are_found(issued: State) -> None:
+    text = next((issued.pki_dir / "kubeconfigs").glob("admin.kubeconfig")).read_text()
+    found = certs.kubeconfig_certs(text)
+    assert len(found) == 2 and any("kubernetes-admin" in c.subject for c in found)
+
+
+@pytest.fixture
+def tls_server(issued: State) -> Iterator[int]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(issued.pki_dir / "apiserver.crt", issued.pki_dir / "apiserver.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            with context.wrap_socket(conn, server_side=True):
+                pass
+        except (ssl.SSLError, OSError):
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield port
+    listener.close()
+
+
+def test_served_certificate_is_read_from_the_endpoint(tls_server: int) -> None:
+    served = certs.served_certificate("127.0.0.1", tls_server)
+    assert "kubernetes.default.svc.cluster.local" in served.dns and "10.96.0.1" in served.ips
