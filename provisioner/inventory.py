@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from provisioner.artifacts.layout import image_names
 from provisioner.providers.base import HostConnection
 from provisioner.spec import Cluster, VagrantProvider
 from provisioner.state import State
@@ -66,6 +67,9 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
         "etcd_version": pins.etcd,
         "containerd_version": pins.containerd,
         "pause_image": f"registry.k8s.io/pause:{pins.pause}",
+        # Names the imported image archives carry (the roles import them and reference them by name).
+        "agnhost_image": image_names(pins.kubernetes)["agnhost"],
+        "coredns_image": image_names(pins.kubernetes)["coredns"],
         "coredns_version": pins.coredns,
         "node_subnet": str(net.node_subnet),
         "pod_subnet": str(net.pod_subnet),

@@ -1,0 +1,238 @@
+"""`up` and `destroy`: the whole path from a spec to a running cluster, and back.
+
+up = artifacts -> machines -> preflight -> inventory -> certificates -> the Ansible phases (prep, pki,
+etcd, control plane, workers, addons) -> admin kubeconfig. Every step is idempotent, so `up` on a
+built cluster changes nothing and `up` after a failure resumes. The core only emits events; the
+returned :class:`UpResult` carries what the CLI's summary prints.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provisioner import inventory, pki, preflight, providers, runner
+from provisioner.artifacts import ArtifactSet
+from provisioner.artifacts import ensure as ensure_artifacts
+from provisioner.errors import ProvisionerError
+from provisioner.events import Event, EventBus, Phase, PhaseFinished
+from provisioner.spec import Cluster, StaticProvider
+from provisioner.state import State
+
+# How long the admin machine waits for `kubectl get nodes` to answer once Ansible has finished.
+ADMIN_WAIT_SECONDS = 120
+
+
+class ClusterNotReady(ProvisionerError):
+    """The cluster was converged but does not answer from the admin machine."""
+
+
+@dataclass(frozen=True)
+class PhaseTiming:
+    name: str
+    seconds: float
+    changed: int | None = None  # Ansible phases only
+
+
+@dataclass
+class UpResult:
+    kubeconfig: Path
+    prefix: list[str]
+    kubectl: Path
+    run: runner.RunResult
+    phases: list[PhaseTiming] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return self.run.changed
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.run_dir
+
+    def kubectl_hint(self) -> str:
+        """The command a person types to reach the cluster from the admin machine."""
+        return " ".join([*self.prefix, str(self.kubectl), "--kubeconfig", str(self.kubeconfig), "get", "nodes"])
+
+
+@dataclass(frozen=True)
+class LabCluster:
+    """A running cluster as tests see it: the spec, its state, and kubectl inside the lab."""
+
+    cluster: Cluster
+    state: State
+    prefix: list[str]
+    kubeconfig: Path
+    kubectl_path: Path
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return kubectl(
+            self.prefix, self.kubectl_path, self.kubeconfig, *args, input=input, check=check, timeout=timeout
+        )
+
+
+def kubectl(
+    prefix: Sequence[str],
+    binary: Path,
+    kubeconfig: Path,
+    *args: str,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """The artifact set's kubectl with the cluster's kubeconfig, inside the lab's namespace if any."""
+    command = [*prefix, str(binary), "--kubeconfig", str(kubeconfig), *args]
+    return subprocess.run(command, input=input, capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def _collect_phases(bus: EventBus) -> list[PhaseFinished]:
+    finished: list[PhaseFinished] = []
+
+    def collect(event: Event) -> None:
+        if isinstance(event, PhaseFinished):
+            finished.append(event)
+
+    bus.subscribe(collect)
+    return finished
+
+
+def up(
+    cluster: Cluster,
+    state: State,
+    bus: EventBus,
+    *,
+    artifact_source: str | None = None,
+    strategy: str | None = None,
+    merge_kubeconfig: Path | None = None,
+) -> UpResult:
+    """Bring the cluster the spec describes into being, or converge an existing one."""
+    finished = _collect_phases(bus)
+    state.ensure()
+    # Artifacts first: a build that cannot succeed should fail before any machine exists.
+    aset = ensure_artifacts(cluster, bus, source=artifact_source)
+    provider = providers.for_cluster(cluster, state, bus)
+    provider.create()
+    hosts = provider.hosts()
+    prefix = provider.command_prefix()
+    with Phase(bus, "preflight", f"{len(hosts)} host(s)"):
+        preflight.check(hosts, prefix)
+    with Phase(bus, "certificates", str(state.pki_dir)) as phase:
+        inventory.write(cluster, state, hosts, aset.root)
+        made = pki.ensure(cluster, state)
+        phase.progress(f"{len(made.issued)} issued, {len(made.reused)} reused")
+    run = runner.run_playbook(
+        state,
+        bus,
+        prefix=prefix,
+        strategy_name=strategy,
+        host_key_checking=isinstance(cluster.spec.provider, StaticProvider),
+    )
+    with Phase(bus, "admin kubeconfig", str(state.kubeconfig)):
+        _install_admin_kubeconfig(state)
+        _wait_for_api(prefix, aset.bin / "kubectl", state.kubeconfig, cluster)
+        if merge_kubeconfig is not None:
+            merge_into(merge_kubeconfig, state.kubeconfig)
+
+    changed = {p.name: p.changed for p in run.phases}
+    timings = [PhaseTiming(f.phase, f.seconds, changed.get(f.phase)) for f in finished]
+    return UpResult(state.kubeconfig, prefix, aset.bin / "kubectl", run, timings)
+
+
+def destroy(cluster: Cluster, state: State, bus: EventBus, *, merged_kubeconfig: Path | None = None) -> None:
+    """Remove the machines and everything that trusted them; run logs stay for reading."""
+    providers.for_cluster(cluster, state, bus).destroy()
+    with Phase(bus, "forget cluster", str(state.root)):
+        # A new cluster gets a new CA: nothing issued for the old one keeps working against it.
+        shutil.rmtree(state.pki_dir, ignore_errors=True)
+        state.kubeconfig.unlink(missing_ok=True)
+        (state.root / "ssh" / "known_hosts").unlink(missing_ok=True)
+        if merged_kubeconfig is not None:
+            unmerge(merged_kubeconfig, cluster.name)
+
+
+def lab_cluster(cluster: Cluster, state: State, prefix: list[str], aset: ArtifactSet) -> LabCluster:
+    return LabCluster(cluster, state, prefix, state.kubeconfig, aset.bin / "kubectl")
+
+
+def _install_admin_kubeconfig(state: State) -> None:
+    source = state.pki_dir / "kubeconfigs" / "admin.kubeconfig"
+    data = source.read_bytes()
+    target = state.kubeconfig
+    if target.exists() and target.read_bytes() == data:
+        return
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    target.chmod(0o600)
+
+
+def _wait_for_api(prefix: Sequence[str], binary: Path, kubeconfig: Path, cluster: Cluster) -> None:
+    deadline = time.monotonic() + ADMIN_WAIT_SECONDS
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            done = kubectl(prefix, binary, kubeconfig, "get", "nodes", "--no-headers", check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            last = "kubectl get nodes timed out after 60 s"
+            continue
+        if done.returncode == 0:
+            return
+        last = (done.stderr or done.stdout).strip()
+        time.sleep(3)
+    master = cluster.masters[0]
+    raise ClusterNotReady(
+        f"apiserver https://{master.address}:6443",
+        f"does not answer `kubectl get nodes` from the admin machine within {ADMIN_WAIT_SECONDS} s: {last}",
+        f"check the route to {master.address} (inside the lab namespace when isolated) and "
+        f"`journalctl -u kube-apiserver` on {master.name}",
+    )
+
+
+def merge_into(target: Path, kubeconfig: Path) -> None:
+    """Add (or replace) this cluster's cluster, user and context in another kubeconfig, e.g. ~/.kube/config."""
+    ours: dict[str, Any] = yaml.safe_load(kubeconfig.read_text())
+    theirs: dict[str, Any] = {}
+    if target.exists():
+        theirs = yaml.safe_load(target.read_text()) or {}
+    theirs.setdefault("apiVersion", "v1")
+    theirs.setdefault("kind", "Config")
+    for section in ("clusters", "users", "contexts"):
+        names = {entry["name"] for entry in ours[section]}
+        kept = [e for e in theirs.get(section) or [] if e.get("name") not in names]
+        theirs[section] = kept + ours[section]
+    theirs.setdefault("current-context", ours["current-context"])
+    _write_private(target, yaml.safe_dump(theirs, sort_keys=False))
+
+
+def unmerge(target: Path, cluster_name: str) -> None:
+    """Remove what merge_into added for this cluster."""
+    if not target.exists():
+        return
+    theirs: dict[str, Any] = yaml.safe_load(target.read_text()) or {}
+    contexts = [c for c in theirs.get("contexts") or [] if c.get("name") == cluster_name]
+    users = {c.get("context", {}).get("user") for c in contexts}
+    theirs["contexts"] = [c for c in theirs.get("contexts") or [] if c.get("name") != cluster_name]
+    theirs["clusters"] = [c for c in theirs.get("clusters") or [] if c.get("name") != cluster_name]
+    theirs["users"] = [u for u in theirs.get("users") or [] if u.get("name") not in users]
+    if theirs.get("current-context") == cluster_name:
+        theirs["current-context"] = ""
+    _write_private(target, yaml.safe_dump(theirs, sort_keys=False))
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The mode above applies only to a new file; an existing kubeconfig holds keys too.
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)

@@ -1,0 +1,76 @@
+"""The shared real-lab fixture: the default spec's cluster, brought up once per test session.
+
+`lab_cluster` runs `lifecycle.up` on the default lab (1 master, 2 workers). An already running lab
+is reused (up on it converges, normally changing nothing). The lab is destroyed at the end only if
+this session created it and PROVISIONER_KEEP_LAB is unset.
+
+The whole session holds /tmp/provisioner-lab.lock: only one lab may run on a machine at a time.
+Modules that need the lock use the `lab_lock` fixture below rather than locking again: a second
+flock on the same file from this process would wait for ever.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from provisioner import lifecycle, paths, spec
+from provisioner.events import EventBus, Recorder
+from provisioner.lifecycle import LabCluster, UpResult
+from provisioner.providers import for_cluster
+from provisioner.state import State
+
+LOCK = Path("/tmp/provisioner-lab.lock")
+KEEP_ENV = "PROVISIONER_KEEP_LAB"
+
+
+@dataclass
+class LabSession:
+    lab: LabCluster
+    first_up: UpResult
+    events: Recorder
+    created: bool
+
+
+@pytest.fixture(scope="session")
+def lab_lock() -> Iterator[None]:
+    with LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="session")
+def lab_session(lab_lock: None) -> Iterator[LabSession]:
+    cluster = spec.load(paths.default_spec())
+    state = State.for_cluster(cluster.name)
+    events = Recorder()
+    bus = EventBus()
+    bus.subscribe(events)
+    existed = all(m.state == "running" for m in for_cluster(cluster, state, bus).status())
+    created = not existed
+    try:
+        result = lifecycle.up(cluster, state, bus)
+    except BaseException:
+        if created and not os.environ.get(KEEP_ENV):
+            lifecycle.destroy(cluster, state, EventBus())
+        raise
+    lab = LabCluster(cluster, state, result.prefix, result.kubeconfig, result.kubectl)
+    yield LabSession(lab, result, events, created)
+    if created and not os.environ.get(KEEP_ENV):
+        lifecycle.destroy(cluster, state, EventBus())
+
+
+@pytest.fixture(scope="session")
+def lab_cluster(lab_session: LabSession) -> LabCluster:
+    return lab_session.lab
+
+
+@pytest.fixture(scope="session")
+def first_up(lab_session: LabSession) -> UpResult:
+    """What the session's own `up` reported (phases, timings, changed counts)."""
+    return lab_session.first_up

@@ -1,0 +1,52 @@
+"""Pieces of `up` that need no machine: merging the admin kubeconfig into a user's kubeconfig."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import yaml
+
+from provisioner import lifecycle, paths, pki, spec
+from provisioner.state import State
+
+
+def test_merge_adds_the_cluster_as_a_named_context_and_keeps_others(tmp_path: Path) -> None:
+    cluster = spec.load(paths.default_spec())
+    state = State(tmp_path / "state")
+    pki.ensure(cluster, state)
+    user_config = tmp_path / "kube" / "config"
+    user_config.parent.mkdir()
+    other = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "prod", "cluster": {"server": "https://prod:6443"}}],
+        "users": [{"name": "me", "user": {"token": "x"}}],
+        "contexts": [{"name": "prod", "context": {"cluster": "prod", "user": "me"}}],
+        "current-context": "prod",
+    }
+    user_config.write_text(yaml.safe_dump(other))
+
+    admin = state.pki_dir / "kubeconfigs" / "admin.kubeconfig"
+    lifecycle.merge_into(user_config, admin)
+    lifecycle.merge_into(user_config, admin)  # twice: replaced, not duplicated
+    merged = yaml.safe_load(user_config.read_text())
+    assert [c["name"] for c in merged["contexts"]] == ["prod", "lab"]
+    assert merged["current-context"] == "prod"
+    assert stat.S_IMODE(user_config.stat().st_mode) == 0o600
+
+    lifecycle.unmerge(user_config, "lab")
+    left = yaml.safe_load(user_config.read_text())
+    assert [c["name"] for c in left["contexts"]] == ["prod"]
+    assert [u["name"] for u in left["users"]] == ["me"]
+
+
+def test_kubectl_hint_runs_inside_the_lab_namespace(tmp_path: Path) -> None:
+    result = lifecycle.UpResult(
+        kubeconfig=tmp_path / "admin.kubeconfig",
+        prefix=["ip", "netns", "exec", "prov-lab"],
+        kubectl=tmp_path / "kubectl",
+        run=None,  # type: ignore[arg-type]
+    )
+    assert result.kubectl_hint().startswith("ip netns exec prov-lab ")
+    assert result.kubectl_hint().endswith("get nodes")
