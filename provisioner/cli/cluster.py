@@ -1,0 +1,83 @@
+"""`provisioner up` and `provisioner destroy`: the verbs around provisioner.lifecycle.
+
+The lead registers them on the top-level app: `app.command("up")(cluster.up)`, same for destroy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from provisioner import lifecycle, paths, spec
+from provisioner.cli.render import cli_bus, console, fail_cleanly, out
+from provisioner.state import State
+
+SpecOption = Annotated[
+    Path | None,
+    typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
+]
+MergeOption = Annotated[
+    bool,
+    typer.Option(
+        "--merge-kubeconfig/--no-merge-kubeconfig",
+        help="Also add the cluster as a named context to ~/.kube/config (removed again by destroy).",
+    ),
+]
+
+
+def up(
+    spec_file: SpecOption = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Artifact source: auto, release, mirror or build.")
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="Ansible strategy; mitogen_linear when mitogen is installed, else linear. "
+            "Also $PROVISIONER_ANSIBLE_STRATEGY.",
+        ),
+    ] = None,
+    merge_kubeconfig: MergeOption = False,
+) -> None:
+    """Create the machines, push the artifacts and converge the cluster (idempotent; re-run to resume)."""
+    bus, renderer = cli_bus()
+    with fail_cleanly(renderer):
+        cluster = spec.load(spec_file or paths.default_spec())
+        state = State.for_cluster(cluster.name)
+        result = lifecycle.up(
+            cluster,
+            state,
+            bus,
+            artifact_source=source,
+            strategy=strategy,
+            merge_kubeconfig=Path.home() / ".kube" / "config" if merge_kubeconfig else None,
+        )
+    table = Table(title=f"cluster {cluster.name} is up", title_justify="left")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    table.add_column("changed", justify="right")
+    for phase in result.phases:
+        table.add_row(phase.name, f"{phase.seconds:.1f}", "" if phase.changed is None else str(phase.changed))
+    console.print(table)
+    console.print(f"Ansible: {result.changed} changed task(s), strategy {result.run.strategy}")
+    console.print(f"run log: {result.run.stdout}")
+    console.print(f"kubeconfig: {result.kubeconfig}")
+    out.print(f"reach the cluster with:\n  {result.kubectl_hint()}")
+
+
+def destroy(spec_file: SpecOption = None, merge_kubeconfig: MergeOption = False) -> None:
+    """Remove the machines and the cluster's PKI and kubeconfig; caches and run logs stay."""
+    bus, renderer = cli_bus()
+    with fail_cleanly(renderer):
+        cluster = spec.load(spec_file or paths.default_spec())
+        lifecycle.destroy(
+            cluster,
+            State.for_cluster(cluster.name),
+            bus,
+            merged_kubeconfig=Path.home() / ".kube" / "config" if merge_kubeconfig else None,
+        )
+    renderer.summary()
