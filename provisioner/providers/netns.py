@@ -3,14 +3,20 @@
 Everything that talks to the lab VMs runs inside the namespace (`ip netns exec NAME ...`): libvirt's
 bridges and dnsmasq, Vagrant, Ansible, testinfra, kubectl. The namespace has only loopback and the
 bridges libvirt creates, no uplink and no default route, so nothing in the lab can reach an address
-outside it. The daemons use libvirt's default socket paths, so one namespace lab runs at a time on a
-machine (the same limit the lab lock enforces); a running system libvirtd is detected and refused.
+outside it.
+
+The daemons also get a private mount namespace in which the lab's own directories are bound over
+/etc/libvirt, /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt and /run/libvirt: their definitions,
+leases and sockets never mix with a system libvirtd's, QEMU runs as root (so disks under a private state
+directory are readable without relabelling), and deleting the lab directory removes every trace. Clients
+reach the daemon through a socket under /run/provisioner/NAME, named in the connection URI.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,10 +25,38 @@ from pathlib import Path
 
 from provisioner.errors import MachineError, ToolMissing
 
-LIBVIRT_SOCKET = Path("/var/run/libvirt/libvirt-sock")
-LIBVIRT_URI = "qemu:///system"
+SYSTEM_URI = "qemu:///system"
+SYSTEM_SOCKET = Path("/var/run/libvirt/libvirt-sock")
 DAEMONS = ("virtlogd", "libvirtd")  # start order; libvirtd connects to virtlogd's socket
 NETNS_DIR = Path("/run/netns")
+QEMU_USER = "libvirt-qemu"
+RUNTIME_ROOT = Path("/run/provisioner")
+# Bound over the system paths inside the daemons' mount namespace: (system path, lab subdirectory).
+PRIVATE_DIRS = (
+    ("/etc/libvirt", "etc"),
+    ("/var/lib/libvirt", "lib"),
+    ("/var/log/libvirt", "log"),
+    ("/var/cache/libvirt", "cache"),
+    ("/run/libvirt", "run"),
+)
+
+LIBVIRTD_CONF = """# provisioner lab: local socket only, root only, in the lab's runtime directory.
+unix_sock_dir = "{sock_dir}"
+unix_sock_rw_perms = "0700"
+unix_sock_ro_perms = "0700"
+unix_sock_admin_perms = "0700"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+"""
+
+# QEMU as root without relabelling: the lab's disks and the box's kernel live in root's state directory.
+QEMU_CONF = """# provisioner lab
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+"""
 
 
 def namespace_name(cluster: str) -> str:
@@ -41,21 +75,30 @@ def run(
 
 
 class LabNamespace:
-    """One cluster's namespace, and the daemons started in it (their pid files under `run_dir`)."""
+    """One cluster's namespace and its daemons; `root` holds the daemons' private directories."""
 
-    def __init__(self, name: str, run_dir: Path) -> None:
+    def __init__(self, name: str, root: Path) -> None:
         self.name = name
-        self.run_dir = run_dir
+        self.root = root
+        self.runtime = RUNTIME_ROOT / name
 
     @property
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.name]
 
+    @property
+    def socket(self) -> Path:
+        return self.runtime / "libvirt-sock"
+
+    @property
+    def uri(self) -> str:
+        return f"{SYSTEM_URI}?socket={self.socket}"
+
     def exists(self) -> bool:
         return (NETNS_DIR / self.name).exists()
 
     def pidfile(self, daemon: str) -> Path:
-        return self.run_dir / f"{daemon}.pid"
+        return self.runtime / f"{daemon}.pid"
 
     def daemon_pid(self, daemon: str) -> int | None:
         """The daemon's pid if it is alive and still inside this namespace (pid files can be stale)."""
@@ -68,7 +111,7 @@ class LabNamespace:
             in_ns = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(NETNS_DIR / self.name).st_ino
         except OSError:
             return None
-        return pid if comm == daemon and in_ns else None
+        return pid if comm == daemon and _alive(pid) and in_ns else None
 
     def running(self) -> bool:
         return self.exists() and all(self.daemon_pid(d) is not None for d in DAEMONS)
@@ -79,54 +122,56 @@ class LabNamespace:
         if not self.exists():
             _ip("netns", "add", self.name)
         _ip("-n", self.name, "link", "set", "lo", "up")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for daemon in DAEMONS:
-            if self.daemon_pid(daemon) is not None:
-                continue
-            if daemon == "libvirtd":
-                self._refuse_foreign_libvirtd()
-            # -d daemonizes; no --listen (it wants TLS certificates): clients use the local socket.
-            proc = subprocess.run(
-                [*self.prefix, daemon, "-d", "-p", str(self.pidfile(daemon))],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if proc.returncode != 0:
-                raise MachineError(f"{daemon} in namespace {self.name}", proc.stderr.strip() or "failed to start")
+        if self.running():
+            return
+        # Both daemons must share one mount namespace (libvirtd finds virtlogd's socket in the private
+        # /run/libvirt), so a half-running pair is stopped and started again together.
+        self.stop_daemons()
+        _ensure_qemu_user()
+        self._write_config()
+        binds = " && ".join(
+            f"mount --bind {shlex.quote(str(self.root / sub))} {system}" for system, sub in PRIVATE_DIRS
+        )
+        starts = " && ".join(f"{daemon} -d -p {shlex.quote(str(self.pidfile(daemon)))}" for daemon in DAEMONS)
+        # -d daemonizes; no --listen (it wants TLS certificates): clients use the local socket.
+        script = f"set -e; {binds}; {starts}"
+        proc = subprocess.run(
+            [*self.prefix, "unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise MachineError(f"libvirtd in namespace {self.name}", proc.stderr.strip() or "failed to start")
         self._wait_for_libvirt(timeout)
 
-    def _refuse_foreign_libvirtd(self) -> None:
-        if _socket_answers():
-            raise MachineError(
-                f"namespace {self.name}",
-                f"another libvirtd already serves {LIBVIRT_SOCKET}, so a private one cannot start",
-                "stop that libvirtd (or the lab that owns it: `provisioner destroy`), "
-                "or set spec.provider.isolation: none to use the system libvirtd",
-            )
-        # A socket left by a daemon that died would make the new libvirtd refuse to bind.
-        for leftover in (
-            LIBVIRT_SOCKET,
-            LIBVIRT_SOCKET.with_name("libvirt-sock-ro"),
-            LIBVIRT_SOCKET.with_name("libvirt-admin-sock"),
-        ):
-            leftover.unlink(missing_ok=True)
+    def _write_config(self) -> None:
+        for _, sub in PRIVATE_DIRS:
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "log" / "qemu").mkdir(exist_ok=True)
+        self.runtime.mkdir(parents=True, exist_ok=True)
+        self.runtime.chmod(0o700)
+        (self.root / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(sock_dir=self.runtime))
+        (self.root / "etc" / "qemu.conf").write_text(QEMU_CONF)
+        (self.root / "etc" / "virtlogd.conf").write_text("# provisioner lab: defaults\n")
 
     def _wait_for_libvirt(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             proc = subprocess.run(
-                [*self.prefix, "virsh", "-c", LIBVIRT_URI, "version"], capture_output=True, text=True, check=False
+                [*self.prefix, "virsh", "-c", self.uri, "version"], capture_output=True, text=True, check=False
             )
             if proc.returncode == 0:
                 return
             last = proc.stderr.strip()
+            if self.daemon_pid("libvirtd") is None and time.monotonic() > deadline - timeout + 5:
+                break
             time.sleep(0.5)
         raise MachineError(
             f"libvirtd in namespace {self.name}",
-            f"did not answer within {timeout:.0f} s: {last}",
-            "see its log with `libvirtd -v`",
+            f"did not answer on {self.socket}: {last}",
+            f"run it in the foreground to see why: ip netns exec {self.name} libvirtd -v",
         )
 
     def stop_daemons(self, timeout: float = 30) -> None:
@@ -138,7 +183,7 @@ class LabNamespace:
             self.pidfile(daemon).unlink(missing_ok=True)
 
     def delete(self, timeout: float = 30) -> None:
-        """Stop the daemons, end any process left inside the namespace (dnsmasq, qemu), delete it."""
+        """Stop the daemons, end any process left inside the namespace (dnsmasq, qemu), delete it all."""
         self.stop_daemons(timeout)
         if self.exists():
             pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False)
@@ -146,7 +191,29 @@ class LabNamespace:
             if leftover:
                 _terminate(leftover, timeout)
             _ip("netns", "delete", self.name)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        shutil.rmtree(self.runtime, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _ensure_qemu_user() -> None:
+    """libvirtd's QEMU driver resolves its compiled-in user before reading qemu.conf, and refuses to start if
+    that user is missing, even though our qemu.conf runs QEMU as root. Debian's libvirt-daemon-system creates
+    it, but that package wants systemd; a system account with no login is all that is needed."""
+    if subprocess.run(["getent", "passwd", QEMU_USER], capture_output=True, check=False).returncode == 0:
+        return
+    proc = subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/var/lib/libvirt",
+         "--shell", "/usr/sbin/nologin", QEMU_USER],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise MachineError(
+            f"system user {QEMU_USER}",
+            f"libvirtd needs it and it could not be created: {proc.stderr.strip()}",
+            "apt-get install libvirt-daemon-system, or create it: useradd --system --user-group libvirt-qemu",
+        )
 
 
 def list_namespaces() -> list[str]:
@@ -164,10 +231,10 @@ def system_libvirtd_available() -> bool:
 
 
 def _socket_answers() -> bool:
-    if not LIBVIRT_SOCKET.exists() or shutil.which("virsh") is None:
+    if not SYSTEM_SOCKET.exists() or shutil.which("virsh") is None:
         return False
     proc = subprocess.run(
-        ["virsh", "-c", LIBVIRT_URI, "version"], capture_output=True, text=True, timeout=20, check=False
+        ["virsh", "-c", SYSTEM_URI, "version"], capture_output=True, text=True, timeout=20, check=False
     )
     return proc.returncode == 0
 
@@ -200,7 +267,13 @@ def _ip(*args: str) -> None:
 
 
 def _require_tools() -> None:
-    needed = {"ip": "iproute2", "libvirtd": "libvirt-daemon", "virtlogd": "libvirt-daemon", "virsh": "libvirt-clients"}
+    needed = {
+        "ip": "iproute2",
+        "unshare": "util-linux",
+        "libvirtd": "libvirt-daemon",
+        "virtlogd": "libvirt-daemon",
+        "virsh": "libvirt-clients",
+    }
     missing = sorted({pkg for tool, pkg in needed.items() if shutil.which(tool) is None})
     if missing:
         raise ToolMissing("lab namespace", f"missing {', '.join(missing)}", f"apt-get install {' '.join(missing)}")

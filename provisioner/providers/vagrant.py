@@ -123,7 +123,7 @@ class VagrantLab(Provider):
 
     @property
     def namespace(self) -> netns.LabNamespace:
-        return netns.LabNamespace(netns.namespace_name(self.cluster.name), self.state.vagrant_dir / "run")
+        return netns.LabNamespace(netns.namespace_name(self.cluster.name), self.state.vagrant_dir / "libvirt")
 
     @property
     def isolated(self) -> bool:
@@ -134,6 +134,10 @@ class VagrantLab(Provider):
         if self.namespace.exists():
             return True
         return not netns.system_libvirtd_available()
+
+    @property
+    def libvirt_uri(self) -> str:
+        return self.namespace.uri if self.isolated else netns.SYSTEM_URI
 
     def command_prefix(self) -> list[str]:
         return self.namespace.prefix if self.isolated else []
@@ -247,6 +251,7 @@ class VagrantLab(Provider):
             **self.names,
             "pool_path": str(vdir / "pool"),
             "driver": accel,
+            "libvirt_uri": self.libvirt_uri,
             "boot_timeout": BOOT_TIMEOUT[accel],
             "netmask": str(subnet.netmask),
             "management_subnet": str(MANAGEMENT_SUBNET),
@@ -396,7 +401,7 @@ class VagrantLab(Provider):
             if isolated:
                 phase.progress(f"stopping libvirtd/virtlogd, deleting namespace {self.namespace.name}")
                 self.namespace.delete()
-            for leftover in ("dotfiles", "pool", "console", "run", "lab.json"):
+            for leftover in ("dotfiles", "pool", "console", "libvirt", "lab.json"):
                 path = self.state.vagrant_dir / leftover
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
@@ -406,7 +411,7 @@ class VagrantLab(Provider):
     def _remove_libvirt_objects(self, phase: Phase) -> None:
         """What `vagrant destroy` leaves (networks, the pool and its box volume) or missed (domains)."""
         prefix = self.names["prefix"]
-        virsh = ["virsh", "-c", netns.LIBVIRT_URI]
+        virsh = ["virsh", "-c", self.libvirt_uri]
         domains = self.run_in_lab([*virsh, "list", "--all", "--name"], check=False).stdout.split()
         for domain in (d for d in domains if d.startswith(prefix)):
             phase.progress(f"removing leftover domain {domain}")
