@@ -219,7 +219,7 @@ def test_host_modules_fail_where_this_machine_breaks_the_promise(local_host_rows
     for check in (
         "master: service etcd @master",
         "worker: service kubelet @worker-1",
-        "master: served certificate apiserver 6443 @master",
+        "master: served certificate apiserver node-address 6443 @master",
         "common: secrets private @master",
     ):
         assert by_check[check].result == FAILED, check

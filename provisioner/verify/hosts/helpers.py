@@ -42,3 +42,15 @@ def listening_ports(host: Host) -> set[int]:
         if spec.startswith("tcp://"):
             ports.add(int(spec.rsplit(":", 1)[1]))
     return ports
+
+
+def served_certificate_pem(host: Host, address: str, port: int) -> bytes:
+    """The certificate a TLS endpoint presents, fetched from the node itself (etcd listens on loopback only).
+
+    Not verified: we inspect it. Endpoints demanding a client certificate still show theirs (TLS 1.3 sends
+    the server's certificate before asking for the client's).
+    """
+    script = "import ssl,sys;print(ssl.get_server_certificate((sys.argv[1],int(sys.argv[2])),timeout=10))"
+    cmd = host.run("python3 -c %s %s %s", script, address, str(port))
+    assert cmd.rc == 0, f"no TLS answer on {address}:{port}: {cmd.stderr.strip().splitlines()[-1:] or cmd.rc}"
+    return str(cmd.stdout).encode()

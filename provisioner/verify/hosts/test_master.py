@@ -9,7 +9,13 @@ import pytest
 from testinfra.host import Host
 
 from provisioner.verify import certs
-from provisioner.verify.hosts.helpers import https_get, listening_ports, node_name, running_programs
+from provisioner.verify.hosts.helpers import (
+    https_get,
+    listening_ports,
+    node_name,
+    running_programs,
+    served_certificate_pem,
+)
 
 testinfra_hosts = ["ansible://masters"]
 
@@ -70,11 +76,17 @@ def test_no_container_engine(host: Host, program: str) -> None:
     assert program[:15] not in running_programs(host), f"{program} is running"
 
 
-@pytest.mark.parametrize("name, port", [("apiserver", 6443), ("etcd-server", 2379), ("etcd-peer", 2380)])
-def test_served_certificate(host: Host, facts: dict[str, Any], name: str, port: int) -> None:
+# Where each certificate is served: etcd's client port is on loopback only, the others on the node address.
+SERVED = [("apiserver", "node-address", 6443), ("etcd-server", "127.0.0.1", 2379), ("etcd-peer", "node-address", 2380)]
+
+
+@pytest.mark.parametrize("name, where, port", SERVED)
+def test_served_certificate(host: Host, facts: dict[str, Any], name: str, where: str, port: int) -> None:
     """the {name} certificate served on port {port} has the expected names and 30+ days left"""
-    address = facts["nodes"][node_name(host)]["address"]
-    served = certs.served_certificate(address, port)
+    address = facts["nodes"][node_name(host)]["address"] if where == "node-address" else where
+    found = certs.read_pem(served_certificate_pem(host, address, port))
+    assert found, f"{address}:{port} presented no certificate"
+    served = found[0]
     wanted = facts["certs"][name]
     missing = certs.missing_names(served, wanted["dns"], wanted["ips"])
     assert not missing, f"{name} on {address}:{port} lacks subject alternative names {missing}"
