@@ -470,24 +470,32 @@ def stale(aset: ArtifactSet, recipe_list: list[Recipe]) -> tuple[manifest.Manife
 
 def build(aset: ArtifactSet, bus: EventBus) -> ArtifactSet:
     """Build whatever the set lacks. A complete, verified set returns without running any tool."""
+    waiting = "another build or fetch of this set runs; waiting"
+    with (
+        Phase(bus, "artifacts", f"build {aset.kubernetes_version} in {aset.root}") as phase,
+        manifest.locked(aset.root, lambda: phase.progress(waiting)),
+    ):
+        _build_locked(aset, bus, phase)
+    return aset
+
+
+def _build_locked(aset: ArtifactSet, bus: EventBus, phase: Phase) -> None:
     all_recipes = recipes(aset.kubernetes_version)
     current, todo, problems = stale(aset, all_recipes)
-    with Phase(bus, "artifacts", f"build {aset.kubernetes_version} in {aset.root}") as phase:
-        if not todo:
-            phase.progress(f"all {len(expected_paths())} files present and verified; nothing to build")
-            return aset
-        for rel, what in sorted(problems.items()):
-            if what != "not in the manifest" or rel in current.files:
-                phase.progress(f"{rel}: {what}; rebuilding")
-        cache_dir = aset.root.parent
-        work = cache_dir / ".work"
-        work.mkdir(parents=True, exist_ok=True)
-        aset.logs.mkdir(parents=True, exist_ok=True)
-        ctx = Context(aset, work, find_go(), go_env(cache_dir))
-        current.images = image_names(aset.kubernetes_version)
-        for recipe in todo:
-            _run_recipe(ctx, recipe, current, bus)
-    return aset
+    if not todo:
+        phase.progress(f"all {len(expected_paths())} files present and verified; nothing to build")
+        return
+    for rel, what in sorted(problems.items()):
+        if what != "not in the manifest" or rel in current.files:
+            phase.progress(f"{rel}: {what}; rebuilding")
+    cache_dir = aset.root.parent
+    work = cache_dir / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    aset.logs.mkdir(parents=True, exist_ok=True)
+    ctx = Context(aset, work, find_go(), go_env(cache_dir))
+    current.images = image_names(aset.kubernetes_version)
+    for recipe in todo:
+        _run_recipe(ctx, recipe, current, bus)
 
 
 def _run_recipe(ctx: Context, recipe: Recipe, current: manifest.Manifest, bus: EventBus) -> None:

@@ -319,29 +319,36 @@ def units(kubernetes: str, bases: Bases) -> list[Unit]:
 
 def fetch(aset: ArtifactSet, bus: EventBus, bases: Bases, timeout: float = 30.0) -> ArtifactSet:
     """Download whatever the set lacks. A complete, verified set returns without any network access."""
+    waiting = "another build or fetch of this set runs; waiting"
+    with (
+        Phase(bus, "artifacts", f"fetch {aset.kubernetes_version} into {aset.root}") as phase,
+        manifest.locked(aset.root, lambda: phase.progress(waiting)),
+    ):
+        _fetch_locked(aset, bus, bases, timeout, phase)
+    return aset
+
+
+def _fetch_locked(aset: ArtifactSet, bus: EventBus, bases: Bases, timeout: float, phase: Phase) -> None:
     current = manifest.load(aset.manifest, aset.kubernetes_version)
     problems = manifest.problems(aset.root, current, expected_paths())
     todo = [u for u in units(aset.kubernetes_version, bases) if any(out in problems for out in u.outputs)]
-    with Phase(bus, "artifacts", f"fetch {aset.kubernetes_version} into {aset.root}") as phase:
-        if not todo:
-            phase.progress(f"all {len(expected_paths())} files present and verified; nothing to fetch")
-            return aset
-        work = aset.root.parent / ".work"
-        work.mkdir(parents=True, exist_ok=True)
-        current.images = image_names(aset.kubernetes_version)
-        fetcher = Fetcher(timeout)
-        for unit in todo:
-            with (
-                Phase(bus, f"fetch {unit.component}", f"{unit.component} {unit.version}"),
-                tempfile.TemporaryDirectory(dir=work) as tmp,
-            ):
-                started = time.monotonic()
-                sources = unit.fetch(Context(aset, bases, fetcher, Path(tmp)))
-                for out in unit.outputs:
-                    current.files[out] = manifest.entry_for(aset.root, out, unit.component, unit.version, sources[out])
-                manifest.save(current, aset.manifest)
-                phase.progress(
-                    f"{unit.component} {unit.version}: {len(unit.outputs)} file(s) in "
-                    f"{time.monotonic() - started:.1f} s"
-                )
-    return aset
+    if not todo:
+        phase.progress(f"all {len(expected_paths())} files present and verified; nothing to fetch")
+        return
+    work = aset.root.parent / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    current.images = image_names(aset.kubernetes_version)
+    fetcher = Fetcher(timeout)
+    for unit in todo:
+        with (
+            Phase(bus, f"fetch {unit.component}", f"{unit.component} {unit.version}"),
+            tempfile.TemporaryDirectory(dir=work) as tmp,
+        ):
+            started = time.monotonic()
+            sources = unit.fetch(Context(aset, bases, fetcher, Path(tmp)))
+            for out in unit.outputs:
+                current.files[out] = manifest.entry_for(aset.root, out, unit.component, unit.version, sources[out])
+            manifest.save(current, aset.manifest)
+            phase.progress(
+                f"{unit.component} {unit.version}: {len(unit.outputs)} file(s) in {time.monotonic() - started:.1f} s"
+            )

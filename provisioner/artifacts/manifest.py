@@ -6,9 +6,12 @@ present, and hashes to the listed sha256; anything else is a problem the build o
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -101,3 +104,19 @@ def problems(root: Path, manifest: Manifest, expected: list[str]) -> dict[str, s
         elif sha256_file(path) != entry.sha256:
             found[rel] = "sha256 differs from the manifest"
     return found
+
+
+@contextlib.contextmanager
+def locked(root: Path, waiting: Callable[[], None]) -> Iterator[None]:
+    """Hold the set's lock: two builds or fetches of one set must not write the same files at once.
+
+    `waiting` is called once if another process holds it, before blocking until it is released.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with (root.parent / f".{root.name}.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waiting()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
