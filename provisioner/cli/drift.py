@@ -11,6 +11,7 @@ import typer
 from provisioner import artifacts, paths, spec
 from provisioner.cli.render import console, out
 from provisioner.drift import drift as find_drift
+from provisioner.drift import load_manifests
 from provisioner.errors import ProvisionerError, ToolMissing
 from provisioner.events import EventBus
 from provisioner.providers import for_cluster
@@ -34,6 +35,7 @@ def drift(
 ) -> None:
     """Exit 0 when every object matches its file, 1 when anything drifted or is missing, 2 on an error."""
     try:
+        load_manifests(manifests)  # a bad folder is reported before anything talks to the cluster
         cluster = spec.load(spec_file or paths.default_spec())
         state = State.for_cluster(cluster.name)
         kubectl_bin = artifacts.artifact_set(cluster).bin / "kubectl"

@@ -45,6 +45,7 @@ def verify(
         list[str] | None,
         typer.Option(
             "--only",
+            metavar="CHECK",
             help="Run only this check (repeatable; patterns like 'kill-*'; groups: hosts, cluster, self-healing, "
             f"etcd). Checks: {', '.join(check_ids())}.",
         ),

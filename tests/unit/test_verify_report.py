@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from provisioner import paths, pki, spec
+from provisioner.cli.drift import app as drift_app
+from provisioner.cli.verify import app as verify_app
 from provisioner.cli.verify import table
 from provisioner.errors import ProvisionerError
 from provisioner.state import State
@@ -288,3 +291,14 @@ def tls_server(issued: State) -> Iterator[int]:
 def test_served_certificate_is_read_from_the_endpoint(tls_server: int) -> None:
     served = certs.served_certificate("127.0.0.1", tls_server)
     assert "kubernetes.default.svc.cluster.local" in served.dns and "10.96.0.1" in served.ips
+
+
+def test_drift_command_exits_2_on_a_missing_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(drift_app, ["--manifests", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "nope: is not a folder" in result.output
+
+
+def test_verify_command_refuses_an_unknown_check() -> None:
+    result = CliRunner().invoke(verify_app, ["--only", "dsn"])
+    assert result.exit_code != 0 and "--only dsn: names no check" in result.output
