@@ -578,8 +578,9 @@ def check_worker_shutdown(lab: Lab) -> str:
         placed = Counter(p["spec"]["nodeName"] for p in wait_ready_pods(lab, ns, "resched", 2))
         started = time.monotonic()
         lab.progress(f"powering off {victim.name}")
-        # The SSH session dies with the machine; its exit status means nothing here.
-        lab.ssh.run(victim.name, "systemctl poweroff", check=False, timeout=30)
+        # --no-block: systemctl returns before the machine (and this SSH session) goes away.
+        lab.ssh.run(victim.name, "systemctl --no-block poweroff", timeout=30)
+        lab.ssh.close(victim.name)
         try:
 
             def not_ready() -> None:

@@ -187,6 +187,16 @@ class Ssh:
             )
         return proc
 
+    def close(self, node: str) -> None:
+        """Stop the shared connection to a node (before it reboots, so no client reuses a dead one)."""
+        login = self.nodes[node]
+        subprocess.run(
+            [*self.prefix, "ssh", *self.options, "-p", str(login.port), "-O", "exit", f"{login.user}@{login.host}"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
     def text(self, node: str, script: str, timeout: float = 60) -> str:
         return self.run(node, script, timeout=timeout).stdout.decode(errors="replace").strip()
 
@@ -215,14 +225,22 @@ def ssh_options(control_dir: Path, known_hosts: Path) -> list[str]:
         f"ControlPath={control_dir}/%C",
         "-o",
         "LogLevel=ERROR",
+        # A node that powers off sends no reset: give up on its connection after 15 s instead of hanging.
+        "-o",
+        "ServerAliveInterval=5",
+        "-o",
+        "ServerAliveCountMax=3",
     ]
 
 
 _HTTP_GET = """
-import sys, urllib.request
+import sys, urllib.error, urllib.request
 try:
     with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
         sys.stdout.write(r.read().decode(errors="replace"))
+except urllib.error.HTTPError as exc:
+    sys.stderr.write(f"HTTP {exc.code}: {exc.read().decode(errors='replace').strip()}")
+    sys.exit(1)
 except Exception as exc:
     sys.stderr.write(f"{type(exc).__name__}: {exc}")
     sys.exit(1)
