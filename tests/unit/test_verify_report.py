@@ -25,6 +25,7 @@ from provisioner.cli.verify import table
 from provisioner.errors import ProvisionerError
 from provisioner.state import State
 from provisioner.verify import certs, check_ids, hostchecks, selected
+from provisioner.verify import cluster as cluster_checks
 from provisioner.verify.kube import CheckFailed, NotYet, read_inventory, wait_for
 from provisioner.verify.report import FAILED, PASSED, SKIPPED, CheckResult, VerifyReport, from_junit
 
@@ -302,3 +303,37 @@ def test_drift_command_exits_2_on_a_missing_folder(tmp_path: Path) -> None:
 def test_verify_command_refuses_an_unknown_check() -> None:
     result = CliRunner().invoke(verify_app, ["--only", "dsn"])
     assert result.exit_code != 0 and "--only dsn: names no check" in result.output
+
+
+# --- the catalogue of cluster checks and the workloads they create ----------------------------------------
+
+
+def test_every_promised_daemon_has_a_kill_check() -> None:
+    ids = [c.id for c in cluster_checks.CHECKS]
+    assert len(ids) == len(set(ids))
+    for daemon in (
+        "kube-apiserver",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "etcd",
+        "kubelet",
+        "containerd",
+        "kube-proxy",
+    ):
+        assert f"kill-{daemon}" in ids
+    # Destructive checks run last, the longest (a worker powered off) at the very end.
+    assert ids[-1] == "worker-shutdown" and ids.index("nodes-ready") == 0
+    assert all(c.expectation for c in cluster_checks.CHECKS)
+
+
+def test_test_workloads_never_pull_and_leave_a_dead_node_in_seconds() -> None:
+    image = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+    d = cluster_checks.agnhost_deployment("resched", image, 2, spread=True, toleration_seconds=10)
+    pod = d["spec"]["template"]["spec"]
+    assert [c["imagePullPolicy"] for c in pod["containers"]] == ["Never"]
+    assert {(t["key"], t["tolerationSeconds"]) for t in pod["tolerations"]} == {
+        ("node.kubernetes.io/unreachable", 10),
+        ("node.kubernetes.io/not-ready", 10),
+    }
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert d["spec"]["selector"]["matchLabels"] == d["spec"]["template"]["metadata"]["labels"] == {"app": "resched"}
