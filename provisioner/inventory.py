@@ -43,6 +43,8 @@ def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
         "ansible_port": host.ssh_port,
         "ansible_user": host.ssh_user,
         "ansible_ssh_private_key_file": str(host.ssh_key),
+        # The roles manage root-owned files and services; a non-root login escalates with sudo.
+        "ansible_become": host.ssh_user != "root",
         "node_address": host.address,
         "node_role": host.role,
         "node_pod_cidr": str(cluster.pod_cidrs[host.name]),
