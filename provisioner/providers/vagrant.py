@@ -218,6 +218,7 @@ class VagrantLab(Provider):
                 phase.progress(f"network namespace {self.namespace.name} with private libvirtd")
                 self.namespace.ensure()
             self._write_lab_files()
+            self._ensure_pool()
             if self.own_box:
                 self._add_box(built)
             else:
@@ -275,6 +276,18 @@ class VagrantLab(Provider):
             del lab["ssh_key"], lab["ssh_user"]
         self.lab_file.write_text(json.dumps(lab, indent=2) + "\n")
 
+    def _ensure_pool(self) -> None:
+        """A directory pool for this lab's disks (vagrant-libvirt creates only a pool named `default`)."""
+        virsh = ["virsh", "-c", self.libvirt_uri]
+        pool = self.names["pool"]
+        path = self.state.vagrant_dir / "pool"
+        path.mkdir(parents=True, exist_ok=True)
+        if pool not in self.run_in_lab([*virsh, "pool-list", "--all", "--name"]).stdout.split():
+            self.run_in_lab([*virsh, "pool-define-as", pool, "dir", "--target", str(path)])
+        info = self.run_in_lab([*virsh, "pool-info", pool]).stdout
+        if "running" not in info:
+            self.run_in_lab([*virsh, "pool-start", pool])
+
     def _add_box(self, built: box.Box) -> None:
         """Add the cached box to this cluster's private Vagrant home, once per box digest."""
         marker = self.state.vagrant_dir / "home" / "provisioner-box.digest"
@@ -307,7 +320,10 @@ class VagrantLab(Provider):
             for line in _stream(v, args):
                 if line.startswith("==> ") and ":" in line:
                     host, _, message = line[4:].partition(":")
-                    self.bus.emit(Progress("machines", message.strip(), host.strip()))
+                    message = message.strip()
+                    # Vagrant's step lines only; the domain settings dump ("-- Cpus: 1", ...) is in the log.
+                    if message and not message.startswith("--") and not message[0].islower():
+                        self.bus.emit(Progress("machines", message, host.strip()))
         except subprocess.CalledProcessError:
             names = {n.name for n in targets}
             raise MachineError(

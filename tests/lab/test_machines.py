@@ -9,8 +9,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,9 +38,12 @@ def lab_lock() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def lab(lab_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
+def lab(lab_lock: None) -> Iterator[VagrantLab]:
     cluster = spec.load(paths.default_spec())
-    state = State(tmp_path_factory.mktemp("state") / cluster.name).ensure()
+    # Not under pytest's basetemp: other pytest runs on the machine prune old basetemps, and the VMs' disks
+    # must not vanish under a running lab.
+    root = Path(tempfile.mkdtemp(prefix="provisioner-lab-test-"))
+    state = State(root / cluster.name).ensure()
     recorder = Recorder()
     bus = EventBus()
     bus.subscribe(recorder)
@@ -51,6 +56,7 @@ def lab(lab_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Va
         yield provider
     finally:
         provider.destroy()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_up_brings_every_node_up_reachable_over_ssh(lab: VagrantLab) -> None:
@@ -62,7 +68,7 @@ def test_up_brings_every_node_up_reachable_over_ssh(lab: VagrantLab) -> None:
 
 def test_ansible_ping_answers_from_every_node(lab: VagrantLab, tmp_path: Path) -> None:
     inventory.write(lab.cluster, lab.state, lab.hosts(), tmp_path / "artifacts")
-    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_CONFIG": os.devnull}
+    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False"}
     proc = subprocess.run(
         [*lab.command_prefix(), str(VENV_BIN / "ansible"), "all", "-i", str(lab.state.inventory_file), "-m", "ping"],
         capture_output=True,
