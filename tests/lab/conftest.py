@@ -37,6 +37,18 @@ class LabSession:
     created: bool
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Machine tests first: they lock, create and destroy a lab of their own (same namespace name)
+    per module, which must be over before this session's shared lab takes the lock and comes up."""
+    lab_dir = Path(__file__).parent
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        in_lab = lab_dir in item.path.parents
+        return (int(in_lab), 0 if item.path.name == "test_machines.py" else 1)
+
+    items.sort(key=key)
+
+
 @pytest.fixture(scope="session")
 def lab_lock() -> Iterator[None]:
     with LOCK.open("a") as handle:
