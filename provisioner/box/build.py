@@ -6,6 +6,7 @@ filesystem is packed with `mke2fs -d` and booted directly with the kernel and in
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -69,6 +70,18 @@ def build(bus: EventBus, recipe: Recipe = RECIPE, mirror: str | None = None, for
         with Phase(bus, "box", f"reusing cached {box.path}"):
             return box
     _require_tools()
+    lock_file = paths.cache_root() / "box" / ".build.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    # Two `up`s at once would debootstrap into the same directory; the second waits, then reuses.
+    with lock_file.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and (box := cached(recipe)) is not None:
+            with Phase(bus, "box", f"reusing {box.path}, built meanwhile"):
+                return box
+        return _build(bus, recipe, mirror)
+
+
+def _build(bus: EventBus, recipe: Recipe, mirror: str | None) -> Box:
     mirror = mirror or os.environ.get("PROVISIONER_DEBIAN_MIRROR") or DEFAULT_MIRROR
     final = box_dir(recipe)
     work = final.with_name(final.name + ".partial")
