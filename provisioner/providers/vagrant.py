@@ -12,6 +12,7 @@ import base64
 import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -77,6 +78,8 @@ def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
         text = path.read_text(errors="replace")
     except OSError:
         return f"(no console log at {path})"
+    # systemd colours its status lines; the escapes would garble an error message.
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
     tail = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
     return "\n".join(tail) or f"(console log {path} is empty)"
 

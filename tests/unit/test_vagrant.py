@@ -12,12 +12,19 @@ import paramiko
 import pytest
 
 from provisioner import paths, preflight, spec
-from provisioner.errors import MachineError
+from provisioner.errors import MachineError, ToolMissing
 from provisioner.events import EventBus
 from provisioner.providers import for_cluster, netns
 from provisioner.providers.base import HostConnection
 from provisioner.providers.static import StaticHosts
-from provisioner.providers.vagrant import VagrantLab, generate_ssh_key, parse_ssh_config, probe_accelerator
+from provisioner.providers.vagrant import (
+    VagrantLab,
+    _require_vagrant,
+    console_tail,
+    generate_ssh_key,
+    parse_ssh_config,
+    probe_accelerator,
+)
 from provisioner.state import State
 
 INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae vmx sse2\n"
@@ -180,3 +187,25 @@ def _free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_console_tail_is_the_last_lines_without_colour_codes(tmp_path: Path) -> None:
+    log = tmp_path / "master.log"
+    lines = [f"[  {i}.0] line {i}" for i in range(100)]
+    lines.append("[\x1b[0;32m  OK  \x1b[0m] Reached target \x1b[0;1;39mgetty.target\x1b[0m - Login Prompts.")
+    log.write_text("\n".join(lines) + "\n\n")
+    tail = console_tail(log, lines=3).splitlines()
+    assert tail == ["[  98.0] line 98", "[  99.0] line 99", "[  OK  ] Reached target getty.target - Login Prompts."]
+    assert "no console log" in console_tail(tmp_path / "missing.log")
+
+
+def test_missing_vagrant_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda tool: None)
+    with pytest.raises(ToolMissing, match="apt-get install vagrant vagrant-libvirt"):
+        _require_vagrant("libvirt")
+
+
+def test_missing_libvirt_daemon_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool in ("libvirtd", "virtlogd") else f"/usr/bin/{tool}")
+    with pytest.raises(ToolMissing, match="apt-get install libvirt-daemon"):
+        netns._require_tools()
