@@ -132,6 +132,9 @@ class VagrantLab(Provider):
     def isolated(self) -> bool:
         """Namespace unless the user said none, or (auto) a system libvirtd exists and no lab namespace does."""
         mode = self.provider.isolation
+        if self.provider.backend != "libvirt":
+            # VirtualBox VMs cannot be moved into a namespace; its host-only network is the boundary.
+            return False
         if mode != "auto":
             return mode == "namespace"
         if self.namespace.exists():
@@ -178,7 +181,6 @@ class VagrantLab(Provider):
         return self.state.vagrant_dir / "lab.json"
 
     def _vagrant(self) -> Any:  # python-vagrant is untyped
-
         vdir = self.state.vagrant_dir
         env = dict(os.environ)
         env.update(
@@ -221,7 +223,8 @@ class VagrantLab(Provider):
                 phase.progress(f"network namespace {self.namespace.name} with private libvirtd")
                 self.namespace.ensure()
             self._write_lab_files()
-            self._ensure_pool()
+            if self.provider.backend == "libvirt":
+                self._ensure_pool()
             if self.own_box:
                 self._add_box(built)
             else:
@@ -416,7 +419,8 @@ class VagrantLab(Provider):
                         self._vagrant().destroy()
                     except subprocess.CalledProcessError as exc:
                         phase.progress(f"vagrant destroy failed ({exc.returncode}); removing libvirt objects directly")
-                self._remove_libvirt_objects(phase)
+                if self.provider.backend == "libvirt":
+                    self._remove_libvirt_objects(phase)
             if isolated:
                 phase.progress(f"stopping libvirtd/virtlogd, deleting namespace {self.namespace.name}")
                 self.namespace.delete()
