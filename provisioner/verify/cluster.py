@@ -387,17 +387,20 @@ def check_secret_encrypted(lab: Lab) -> str:
             [{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe"}, "stringData": {"value": plain}}],
             namespace=ns,
         )
-        raw = etcd_get(lab, f"/registry/secrets/{ns}/probe")
-        if not raw:
-            raise CheckFailed(f"/registry/secrets/{ns}/probe not found in etcd")
-        if plain.encode() in raw:
-            raise CheckFailed(f"the Secret's value {plain!r} is stored in plain text in etcd")
-        if not raw.startswith(b"k8s:enc:"):
-            raise CheckFailed(f"the stored Secret does not start with k8s:enc: (starts with {raw[:20]!r})")
-        provider = raw.split(b":")[2].decode(errors="replace")
-        return (
-            f"stored as {':'.join(raw.decode(errors='replace').split(':')[:4])}:… ({provider}), value not in plain text"
-        )
+        key = f"/registry/secrets/{ns}/probe"
+        return judge_stored_secret(key, etcd_get(lab, key), plain)
+
+
+def judge_stored_secret(key: str, raw: bytes, plain: str) -> str:
+    """What etcd holds for a Secret must be an encryption envelope (k8s:enc:PROVIDER:...) hiding the value."""
+    if not raw:
+        raise CheckFailed(f"{key} not found in etcd")
+    if plain.encode() in raw:
+        raise CheckFailed(f"the Secret's value {plain!r} is stored in plain text under {key}")
+    if not raw.startswith(b"k8s:enc:"):
+        raise CheckFailed(f"{key} is not encrypted: it starts with {raw[:20]!r}, not k8s:enc:")
+    envelope = ":".join(raw.decode(errors="replace").split(":")[:4])
+    return f"{key} stored as {envelope}:…, value not in plain text"
 
 
 # --- checks: scaling and drift --------------------------------------------------------------------------

@@ -337,3 +337,23 @@ def test_test_workloads_never_pull_and_leave_a_dead_node_in_seconds() -> None:
     }
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     assert d["spec"]["selector"]["matchLabels"] == d["spec"]["template"]["metadata"]["labels"] == {"app": "resched"}
+
+
+@pytest.mark.parametrize(
+    "raw, problem",
+    [
+        (b"", "not found in etcd"),
+        (b"k8s\x00\n\x0cv1\x12\x06Secret verify-plaintext-42", "stored in plain text"),
+        (b"k8s\x00\n\x0cv1\x12\x06Secret value=opaque", "is not encrypted"),
+    ],
+)
+def test_a_secret_stored_in_the_clear_fails_the_check(raw: bytes, problem: str) -> None:
+    with pytest.raises(CheckFailed) as err:
+        cluster_checks.judge_stored_secret("/registry/secrets/ns/probe", raw, "verify-plaintext-42")
+    assert problem in str(err.value)
+
+
+def test_an_encrypted_secret_passes_and_names_the_provider() -> None:
+    raw = b"k8s:enc:aescbc:v1:key1:\x8f\x02\x11..."
+    detail = cluster_checks.judge_stored_secret("/registry/secrets/ns/probe", raw, "verify-plaintext-42")
+    assert "k8s:enc:aescbc:v1" in detail

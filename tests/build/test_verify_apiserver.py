@@ -1,0 +1,184 @@
+"""verify's API-side checks and `drift` against a real etcd and kube-apiserver from the artifact set.
+
+No VM: etcd and the apiserver run on this machine's loopback with the project's own PKI (the default lab's
+certificates name 127.0.0.1), so the checks that need no worker run for real: the Deployment under its
+/registry key, the Secret encrypted at rest, drift after `kubectl scale`, and cleanup of what each created.
+Commands the checks send to the master over SSH run here instead, against the same etcd.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provisioner import pki, spec
+from provisioner.artifacts import build
+from provisioner.artifacts.layout import ArtifactSet
+from provisioner.events import EventBus
+from provisioner.paths import cache_root, default_spec
+from provisioner.state import State
+from provisioner.verify import cluster as checks
+from provisioner.verify.kube import CheckFailed, Kubectl, KubectlError, NodeLogin, Ssh, wait_for
+
+pytestmark = pytest.mark.build
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LocalShell(Ssh):
+    """Runs the master's commands on this machine, against the loopback etcd and the test's PKI."""
+
+    pki_dir: Path = Path()
+    bin_dir: Path = Path()
+    etcd_port: int = 2379
+
+    def command(self, node: str, script: str) -> list[str]:
+        script = script.replace("/etc/kubernetes/pki", str(self.pki_dir))
+        script = script.replace("127.0.0.1:2379", f"127.0.0.1:{self.etcd_port}")
+        return ["sh", "-c", f"PATH={self.bin_dir}:$PATH; {script}"]
+
+
+@dataclass
+class ControlPlane:
+    lab: checks.Lab
+    kubectl: Kubectl
+    etcd_port: int
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    cluster = spec.load(default_spec())
+    version = cluster.spec.kubernetes.version
+    aset = ArtifactSet(cache_root() / "artifacts" / version, version)
+    build.build(aset, EventBus())
+    tmp = tmp_path_factory.mktemp("apiserver")
+    state = State(tmp / "state")
+    pki.ensure(cluster, state)
+    p = state.pki_dir
+    etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
+    etcd = _start(
+        [
+            str(aset.bin / "etcd"),
+            f"--data-dir={tmp / 'etcd'}",
+            f"--listen-client-urls=https://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=https://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+            f"--cert-file={p / 'etcd-server.crt'}",
+            f"--key-file={p / 'etcd-server.key'}",
+            "--client-cert-auth=true",
+            f"--trusted-ca-file={p / 'ca.crt'}",
+        ],
+        tmp / "etcd.log",
+    )
+    apiserver = _start(
+        [
+            str(aset.bin / "kube-apiserver"),
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            "--anonymous-auth=false",
+            "--authorization-mode=RBAC",
+            f"--client-ca-file={p / 'ca.crt'}",
+            f"--tls-cert-file={p / 'apiserver.crt'}",
+            f"--tls-private-key-file={p / 'apiserver.key'}",
+            f"--etcd-servers=https://127.0.0.1:{etcd_port}",
+            f"--etcd-cafile={p / 'ca.crt'}",
+            f"--etcd-certfile={p / 'apiserver-etcd-client.crt'}",
+            f"--etcd-keyfile={p / 'apiserver-etcd-client.key'}",
+            f"--encryption-provider-config={p / 'encryption-config.yaml'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={p / 'sa.pub'}",
+            f"--service-account-signing-key-file={p / 'sa.key'}",
+            "--service-cluster-ip-range=10.96.0.0/12",
+        ],
+        tmp / "apiserver.log",
+    )
+    kubeconfig = yaml.safe_load((p / "kubeconfigs" / "admin-local.kubeconfig").read_text())
+    kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{api_port}"
+    kubeconfig_file = tmp / "admin.kubeconfig"
+    kubeconfig_file.write_text(yaml.safe_dump(kubeconfig))
+    kubectl = Kubectl(aset.bin / "kubectl", kubeconfig_file)
+    try:
+
+        def ready() -> None:
+            if etcd.poll() is not None or apiserver.poll() is not None:
+                raise CheckFailed(f"etcd or kube-apiserver exited; logs in {tmp}")
+            kubectl.run("get", "--raw=/readyz", timeout=20)
+
+        wait_for("the loopback kube-apiserver to answer /readyz", ready, 180)
+        master = NodeLogin("master", "master", "127.0.0.1", 22, "root", "", "127.0.0.1")
+        shell = LocalShell({"master": master}, pki_dir=p, bin_dir=aset.bin, etcd_port=etcd_port)
+        image = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+        yield ControlPlane(checks.Lab(cluster, kubectl, shell, [], image), kubectl, etcd_port)
+    finally:
+        for proc in (apiserver, etcd):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _namespaces(kubectl: Kubectl) -> set[str]:
+    return {n["metadata"]["name"] for n in kubectl.json("get", "namespaces")["items"]}
+
+
+def test_deployment_from_a_file_is_found_under_its_registry_key(control_plane: ControlPlane) -> None:
+    started = time.monotonic()
+    detail = checks.check_etcd_desired_state(control_plane.lab)
+    print(f"etcd-desired-state: {detail} ({time.monotonic() - started:.1f}s)")
+    assert detail.startswith("/registry/deployments/verify-etcd-") and "present in etcd" in detail
+    assert not control_plane.lab.cleanup_problems
+
+
+def test_secret_is_encrypted_at_rest(control_plane: ControlPlane) -> None:
+    detail = checks.check_secret_encrypted(control_plane.lab)
+    assert "stored as k8s:enc:aescbc:v1" in detail
+
+
+def test_drift_check_passes_and_cleans_up(control_plane: ControlPlane) -> None:
+    before = _namespaces(control_plane.kubectl)
+    detail = checks.check_drift(control_plane.lab)
+    print(f"drift: {detail}")
+    assert "spec.replicas: 1 (file) → 2 (live)" in detail
+    # The check's namespace is gone again (or going: no controller-manager runs here to finish deletion).
+    left = _namespaces(control_plane.kubectl) - before
+    for ns in left:
+        phase = control_plane.kubectl.json("get", "namespace", ns)["status"]["phase"]
+        assert phase == "Terminating", f"{ns} left behind in phase {phase}"
+
+
+def test_an_unencrypted_secret_would_be_caught(control_plane: ControlPlane) -> None:
+    """The check must be able to fail: a value written straight into etcd in plain text is reported."""
+    lab = control_plane.lab
+    key = "/registry/secrets/default/plain"
+    lab.ssh.run(
+        "master",
+        f"etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/ca.crt "
+        f"--cert=/etc/kubernetes/pki/apiserver-etcd-client.crt "
+        f"--key=/etc/kubernetes/pki/apiserver-etcd-client.key put {key} verify-plaintext-0123456789abcdef",
+    )
+    with pytest.raises(CheckFailed) as err:
+        checks.judge_stored_secret(key, checks.etcd_get(lab, key), "verify-plaintext-0123456789abcdef")
+    assert "stored in plain text" in str(err.value)
+
+
+def test_kubectl_errors_name_the_command(control_plane: ControlPlane) -> None:
+    with pytest.raises(KubectlError) as err:
+        control_plane.kubectl.run("get", "widgets")
+    assert "kubectl get widgets" in err.value.message() and "widgets" in err.value.cause
