@@ -13,7 +13,7 @@ from pathlib import Path
 
 from provisioner.artifacts import manifest
 from provisioner.artifacts.fetch import Bases
-from provisioner.artifacts.layout import ArtifactSet, expected_paths, image_names
+from provisioner.artifacts.layout import ArtifactSet, expected_paths, expected_versions, image_names
 from provisioner.errors import ArtifactError
 from provisioner.events import EventBus, Warning
 from provisioner.paths import cache_root
@@ -51,7 +51,8 @@ def artifact_set(cluster: Cluster, override: Path | None = None) -> ArtifactSet:
 
 def problems(aset: ArtifactSet) -> dict[str, str]:
     """Each expected file that is unlisted, missing or altered; empty for a complete, verified set."""
-    return manifest.problems(aset.root, manifest.load(aset.manifest, aset.kubernetes_version), expected_paths())
+    current = manifest.load(aset.manifest, aset.kubernetes_version)
+    return manifest.problems(aset.root, current, expected_versions(aset.kubernetes_version))
 
 
 def ensure(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from provisioner.artifacts import gowrap, images, manifest
-from provisioner.artifacts.layout import ArtifactSet, expected_paths, image_names
+from provisioner.artifacts.layout import ArtifactSet, expected_paths, expected_versions, image_names
 from provisioner.errors import ArtifactError, ToolMissing
 from provisioner.events import EventBus, Phase
 from provisioner.versions import ComponentSet, components
@@ -281,9 +281,12 @@ def _kubernetes_stamp(version: str) -> Callable[[ModuleInfo], list[str]]:
     major, minor, _ = version.lstrip("v").split(".")
 
     def stamp(info: ModuleInfo) -> list[str]:
-        # the keys hack/lib/version.sh stamps; "archive" is its tree state for a non-git source tree
+        # the keys hack/lib/version.sh stamps; "archive" is its tree state for a non-git source tree.
+        # The module proxy does not say which commit a tag is, so gitCommit is left empty rather than
+        # keeping the source's unexpanded "$Format:%H$" placeholder.
         values = {
             "gitVersion": version,
+            "gitCommit": "",
             "gitMajor": major,
             "gitMinor": minor,
             "gitTreeState": "archive",
@@ -460,7 +463,7 @@ def go_env(cache_dir: Path) -> dict[str, str]:
 def stale(aset: ArtifactSet, recipe_list: list[Recipe]) -> tuple[manifest.Manifest, list[Recipe], dict[str, str]]:
     """The manifest, the recipes with a missing or altered output, and what is wrong per file."""
     current = manifest.load(aset.manifest, aset.kubernetes_version)
-    problems = manifest.problems(aset.root, current, expected_paths())
+    problems = manifest.problems(aset.root, current, expected_versions(aset.kubernetes_version))
     todo = [r for r in recipe_list if any(out in problems for out in r.outputs)]
     # an image made from a binary of the set is remade whenever that binary is
     rebuilt = {out for r in todo for out in r.outputs}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.artifacts import images, manifest
-from provisioner.artifacts.layout import ArtifactSet, expected_paths, image_names
+from provisioner.artifacts.layout import ArtifactSet, expected_paths, expected_versions, image_names
 from provisioner.errors import ArtifactError
 from provisioner.events import EventBus, Phase
 from provisioner.versions import components
@@ -330,7 +330,7 @@ def fetch(aset: ArtifactSet, bus: EventBus, bases: Bases, timeout: float = 30.0)
 
 def _fetch_locked(aset: ArtifactSet, bus: EventBus, bases: Bases, timeout: float, phase: Phase) -> None:
     current = manifest.load(aset.manifest, aset.kubernetes_version)
-    problems = manifest.problems(aset.root, current, expected_paths())
+    problems = manifest.problems(aset.root, current, expected_versions(aset.kubernetes_version))
     todo = [u for u in units(aset.kubernetes_version, bases) if any(out in problems for out in u.outputs)]
     if not todo:
         phase.progress(f"all {len(expected_paths())} files present and verified; nothing to fetch")

@@ -38,6 +38,25 @@ def expected_paths() -> list[str]:
     )
 
 
+def expected_versions(kubernetes_version: str) -> dict[str, str]:
+    """The pinned version each file must come from; a file from another version is stale."""
+    pins = components(kubernetes_version)
+    by_binary = {
+        "etcd": pins.etcd,
+        "etcdctl": pins.etcd,
+        "containerd": pins.containerd,
+        "containerd-shim-runc-v2": pins.containerd,
+        "ctr": pins.containerd,
+        "runc": pins.runc,
+        "crictl": pins.crictl,
+        "coredns": pins.coredns,
+    }
+    out = {f"bin/{name}": by_binary.get(name, pins.kubernetes) for name in BINARIES}
+    out.update({f"cni/{name}": pins.cni_plugins for name in CNI_PLUGINS})
+    out.update({"images/pause.tar": pins.pause, "images/agnhost.tar": pins.agnhost, "images/coredns.tar": pins.coredns})
+    return out
+
+
 def image_names(kubernetes_version: str) -> dict[str, str]:
     """The names the images carry once imported (containerd's config pins the pause one exactly)."""
     pins = components(kubernetes_version)

@@ -89,14 +89,17 @@ def save(manifest: Manifest, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def problems(root: Path, manifest: Manifest, expected: list[str]) -> dict[str, str]:
-    """Each expected file that is not listed, missing, or altered, mapped to what is wrong with it."""
+def problems(root: Path, manifest: Manifest, expected: dict[str, str]) -> dict[str, str]:
+    """Each expected file (path -> pinned version) that is not listed, from another version, missing,
+    or altered, mapped to what is wrong with it."""
     found: dict[str, str] = {}
-    for rel in expected:
+    for rel, version in expected.items():
         entry = manifest.files.get(rel)
         path = root / rel
         if entry is None:
             found[rel] = "not in the manifest"
+        elif entry.version != version:
+            found[rel] = f"is version {entry.version}, the pin is {version}"
         elif not path.is_file():
             found[rel] = "missing"
         elif path.stat().st_size != entry.size:

@@ -93,6 +93,8 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             str(aset.bin / "kube-apiserver"),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # The kubernetes Service endpoint may not be a loopback address; nothing here needs it.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={api_port}",
             "--anonymous-auth=false",
             "--authorization-mode=RBAC",

@@ -26,7 +26,7 @@ class ShellRecipe(build.Recipe):
     runs: list[str] = field(default_factory=list)
     fail: bool = False
     version: str = "v9.9.9"
-    source: str = "example.com/module@v9.9.9"
+    source: str = "example.com/module@v9"
 
     def build(self, ctx: build.Context) -> None:
         self.runs.append(self.component)
@@ -42,13 +42,14 @@ class ShellRecipe(build.Recipe):
 
 
 def _recipes() -> list[ShellRecipe]:
-    paths = layout.expected_paths()
+    """One stand-in recipe per pinned version, in the set's order: kubernetes first, cni-plugins second."""
     runs: list[str] = []  # shared: the order in which recipes ran
-    return [
-        ShellRecipe("kubernetes", tuple(p for p in paths if p.startswith("bin/kube")), runs),
-        ShellRecipe("cni-plugins", tuple(p for p in paths if p.startswith("cni/")), runs),
-        ShellRecipe("rest", tuple(p for p in paths if not p.startswith(("bin/kube", "cni/"))), runs),
-    ]
+    groups: dict[str, list[str]] = {}
+    for path, version in layout.expected_versions("v1.37.2").items():
+        groups.setdefault(version, []).append(path)
+    names = {"v1.37.2": "kubernetes", "v1.9.1": "cni-plugins"}
+    ordered = sorted(groups, key=lambda v: (v not in names, list(names).index(v) if v in names else 0, v))
+    return [ShellRecipe(names.get(v, f"other-{v}"), tuple(groups[v]), runs, version=v) for v in ordered]
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def _bus() -> tuple[EventBus, Recorder]:
 
 
 def test_cold_build_records_every_file(fake: tuple[ArtifactSet, list[ShellRecipe]]) -> None:
-    aset, _ = fake
+    aset, recipes = fake
     bus, recorder = _bus()
     build.build(aset, bus)
 
@@ -80,10 +81,12 @@ def test_cold_build_records_every_file(fake: tuple[ArtifactSet, list[ShellRecipe
     assert sorted(listed) == sorted(layout.expected_paths())
     kubelet = listed["bin/kubelet"]
     assert kubelet["component"] == "kubernetes"
-    assert kubelet["source"] == "example.com/module@v9.9.9"
+    assert kubelet["source"] == "example.com/module@v9"
+    assert kubelet["version"] == "v1.37.2"
     assert kubelet["size"] == (aset.root / "bin/kubelet").stat().st_size
     finished = [e.phase for e in recorder.of(PhaseFinished) if isinstance(e, PhaseFinished)]
-    assert finished == ["build kubernetes", "build cni-plugins", "build rest", "artifacts"]
+    assert finished == [f"build {r.component}" for r in recipes] + ["artifacts"]
+    assert finished[:2] == ["build kubernetes", "build cni-plugins"]
 
 
 def test_complete_set_is_a_no_op(fake: tuple[ArtifactSet, list[ShellRecipe]]) -> None:
@@ -92,7 +95,7 @@ def test_complete_set_is_a_no_op(fake: tuple[ArtifactSet, list[ShellRecipe]]) ->
     before = aset.manifest.read_bytes()
     bus, recorder = _bus()
     build.build(aset, bus)
-    assert _runs(recipes) == ["kubernetes", "cni-plugins", "rest"]  # only the first build ran anything
+    assert _runs(recipes) == [r.component for r in recipes]  # only the first build ran anything
     assert aset.manifest.read_bytes() == before
     messages = [e.message for e in recorder.of(Progress) if isinstance(e, Progress)]
     assert any("nothing to build" in m for m in messages)
@@ -103,7 +106,7 @@ def test_missing_file_rebuilds_only_its_component(fake: tuple[ArtifactSet, list[
     build.build(aset, EventBus())
     (aset.root / "cni/portmap").unlink()
     build.build(aset, EventBus())
-    assert _runs(recipes) == ["kubernetes", "cni-plugins", "rest", "cni-plugins"]
+    assert _runs(recipes) == [*(r.component for r in recipes), "cni-plugins"]
     assert (aset.root / "cni/portmap").is_file()
 
 
@@ -128,7 +131,7 @@ def test_failure_names_component_log_tail_and_log_path(fake: tuple[ArtifactSet, 
         build.build(aset, EventBus())
     message = caught.value.message()
     log = aset.root / "logs" / "cni-plugins.log"
-    assert message.startswith("artifact cni-plugins v9.9.9: the build failed")
+    assert message.startswith("artifact cni-plugins v1.9.1: the build failed")
     assert "undefined: x" in message and "compile line 40" in message
     assert "compile line 1\n" not in message  # only the tail, not the whole log
     assert f"the full log is {log}" in message
@@ -138,4 +141,19 @@ def test_failure_names_component_log_tail_and_log_path(fake: tuple[ArtifactSet, 
     assert "bin/kubelet" in listed and "cni/bridge" not in listed
     recipes[1].fail = False
     build.build(aset, EventBus())
-    assert _runs(recipes) == ["kubernetes", "cni-plugins", "cni-plugins", "rest"]
+    assert _runs(recipes) == ["kubernetes", "cni-plugins", "cni-plugins", *(r.component for r in recipes[2:])]
+
+
+def test_file_from_another_pin_is_rebuilt(fake: tuple[ArtifactSet, list[ShellRecipe]]) -> None:
+    aset, recipes = fake
+    build.build(aset, EventBus())
+    etcd = next(r for r in recipes if "bin/etcd" in r.outputs)
+    etcd.version = "v3.6.99"  # as if versions.py moved etcd to a new patch release
+    pinned = layout.expected_versions
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(build, "expected_versions", lambda v: {**pinned(v), "bin/etcd": "v3.6.99", "bin/etcdctl": "v3.6.99"})
+        bus, recorder = _bus()
+        build.build(aset, bus)
+    assert _runs(recipes)[-1] == etcd.component
+    messages = [e.message for e in recorder.of(Progress) if isinstance(e, Progress)]
+    assert "bin/etcd: is version v3.6.16, the pin is v3.6.99; rebuilding" in messages

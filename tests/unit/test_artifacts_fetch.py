@@ -40,7 +40,7 @@ def make_set(root: Path) -> ArtifactSet:
         else:
             path.write_bytes(f"#!/bin/sh\necho {rel}\n".encode())
             path.chmod(0o755)
-        current.files[rel] = manifest.entry_for(root, rel, "test", "v0", "test")
+        current.files[rel] = manifest.entry_for(root, rel, "test", layout.expected_versions(VERSION)[rel], "test")
     manifest.save(current, aset.manifest)
     return aset
 
