@@ -129,8 +129,10 @@ class LabNamespace:
         self.stop_daemons()
         _ensure_qemu_user()
         self._write_config()
+        # The mount points may not exist yet on a machine where libvirtd never ran; empty dirs are harmless.
         binds = " && ".join(
-            f"mount --bind {shlex.quote(str(self.root / sub))} {system}" for system, sub in PRIVATE_DIRS
+            f"mkdir -p {system} && mount --bind {shlex.quote(str(self.root / sub))} {system}"
+            for system, sub in PRIVATE_DIRS
         )
         starts = " && ".join(f"{daemon} -d -p {shlex.quote(str(self.pidfile(daemon)))}" for daemon in DAEMONS)
         # -d daemonizes; no --listen (it wants TLS certificates): clients use the local socket.
