@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +23,11 @@ from typing import IO
 from provisioner.artifacts import gowrap, images, manifest
 from provisioner.artifacts.layout import ArtifactSet, expected_paths, expected_versions, image_names
 from provisioner.errors import ArtifactError, ToolMissing
-from provisioner.events import EventBus, Phase
+from provisioner.events import EventBus, Phase, Progress
 from provisioner.versions import ComponentSet, components
 
 LOG_TAIL_LINES = 25
+HEARTBEAT_SECONDS = 60.0
 GO_FALLBACK = Path("/usr/local/go/bin/go")
 WRAPPER_PREFIX = "provisioner.local/artifacts"
 
@@ -40,30 +42,50 @@ class Context:
     env: dict[str, str]
     log: IO[str] | None = None
     log_path: Path | None = None
+    heartbeat: Callable[[float, int], None] | None = None
 
     def run(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None, capture: bool = False) -> str:
         """Run a command with its output in the log; returns stdout when `capture` (stderr still logged).
 
+        While it runs, `heartbeat` hears every HEARTBEAT_SECONDS how long it has run and how many lines
+        the log gained (with `go build -v`, one per package compiled): a long build is visibly alive.
         A non-zero exit raises _StepFailed, which the driver turns into an ArtifactError quoting the log.
         """
-        assert self.log is not None
+        assert self.log is not None and self.log_path is not None
         self.log.write(f"\n$ (cd {cwd} && {' '.join(argv)})\n")
         self.log.flush()
-        proc = subprocess.run(
+        start_size = self.log_path.stat().st_size
+        started = time.monotonic()
+        proc = subprocess.Popen(
             argv,
             cwd=cwd,
             env=env or self.env,
             stdout=subprocess.PIPE if capture else self.log,
             stderr=self.log,
             text=True,
-            check=False,
         )
+        if capture:
+            stdout, _ = proc.communicate()
+        else:
+            stdout = ""
+            while True:
+                try:
+                    proc.wait(timeout=HEARTBEAT_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    if self.heartbeat is not None:
+                        self.heartbeat(time.monotonic() - started, self._lines_since(start_size))
         self.log.flush()
         if proc.returncode != 0:
-            raise _StepFailed(
-                f"`{' '.join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:2]))}` exited {proc.returncode}"
-            )
-        return proc.stdout if capture else ""
+            command = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:2]))
+            raise _StepFailed(f"`{command}` exited {proc.returncode}")
+        return stdout
+
+    def _lines_since(self, offset: int) -> int:
+        assert self.log_path is not None
+        with self.log_path.open("rb") as handle:
+            handle.seek(offset)
+            return sum(1 for line in handle if not line.startswith(b"go: "))
 
 
 class _StepFailed(Exception):
@@ -150,7 +172,7 @@ class GoRecipe(Recipe):
             env = dict(ctx.env, CGO_ENABLED="1" if target.cgo else "0")
             with tempfile.TemporaryDirectory(dir=ctx.work) as tmp:
                 ldflags = ["-s", "-w", *self.stamp(info), *target.ldflags]
-                argv = [str(ctx.go), "build", "-trimpath", "-o", tmp + "/"]
+                argv = [str(ctx.go), "build", "-v", "-trimpath", "-o", tmp + "/"]
                 if target.tags:
                     argv += ["-tags", ",".join(target.tags)]
                 argv += ["-ldflags", " ".join(ldflags), *target.binaries.values()]
@@ -503,9 +525,14 @@ def _build_locked(aset: ArtifactSet, bus: EventBus, phase: Phase) -> None:
 
 def _run_recipe(ctx: Context, recipe: Recipe, current: manifest.Manifest, bus: EventBus) -> None:
     log_path = ctx.aset.logs / f"{recipe.component}.log"
-    with Phase(bus, f"build {recipe.component}", f"{recipe.component} {recipe.version} from {recipe.source}"):
+    phase_name = f"build {recipe.component}"
+
+    def heartbeat(seconds: float, lines: int) -> None:
+        bus.emit(Progress(phase_name, f"still building after {seconds / 60:.0f} min; {lines} packages so far"))
+
+    with Phase(bus, phase_name, f"{recipe.component} {recipe.version} from {recipe.source}"):
         with log_path.open("w", encoding="utf-8") as log:
-            ctx.log, ctx.log_path = log, log_path
+            ctx.log, ctx.log_path, ctx.heartbeat = log, log_path, heartbeat
             try:
                 recipe.build(ctx)
             except _StepFailed as exc:

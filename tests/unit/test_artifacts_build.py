@@ -157,3 +157,23 @@ def test_file_from_another_pin_is_rebuilt(fake: tuple[ArtifactSet, list[ShellRec
     assert _runs(recipes)[-1] == etcd.component
     messages = [e.message for e in recorder.of(Progress) if isinstance(e, Progress)]
     assert "bin/etcd: is version v3.6.16, the pin is v3.6.99; rebuilding" in messages
+
+
+def test_long_step_reports_that_it_is_alive(
+    fake: tuple[ArtifactSet, list[ShellRecipe]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aset, recipes = fake
+    monkeypatch.setattr(build, "HEARTBEAT_SECONDS", 0.2)
+    slow = recipes[0]
+    original = slow.build
+
+    def slow_build(ctx: build.Context) -> None:
+        ctx.run(["sh", "-c", "for p in a b c; do echo k8s.io/pkg/$p >&2; sleep 0.3; done"], cwd=ctx.work)
+        original(ctx)
+
+    monkeypatch.setattr(slow, "build", slow_build)
+    bus, recorder = _bus()
+    build.build(aset, bus)
+    alive = [e for e in recorder.of(Progress) if isinstance(e, Progress) and "still building" in e.message]
+    assert alive and all(e.phase == "build kubernetes" for e in alive)
+    assert alive[-1].message.endswith("packages so far")
