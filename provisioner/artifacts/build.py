@@ -132,6 +132,8 @@ class GoTarget:
 
 @dataclass
 class GoRecipe(Recipe):
+    """Programs of a Go module built through a wrapper module (see gowrap), statically, trimmed, stamped."""
+
     component: str
     version: str
     requires: dict[str, str]
