@@ -123,7 +123,8 @@ def _run_check(lab: cluster_checks.Lab, check: cluster_checks.ClusterCheck, bus:
         detail, result = str(exc), FAILED
     except ProvisionerError as exc:
         # An API call or SSH command failing outright is a broken promise of this check, not a crash of verify.
-        detail, result = exc.message(), FAILED
+        message = exc.message()
+        detail, result = (message if len(message) <= 600 else message[:599] + "…"), FAILED
     if lab.cleanup_problems:
         detail = f"{detail}; cleanup: {'; '.join(lab.cleanup_problems)}"
         result = FAILED

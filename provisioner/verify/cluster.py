@@ -541,9 +541,9 @@ def kill_check(unit: str) -> Callable[[Lab], str]:
 
 def _wait_cluster_answers(lab: Lab, unit: str, node: str) -> None:
     def readyz() -> None:
-        out = lab.kubectl.run("get", "--raw=/readyz", timeout=30).stdout.strip()
-        if out != "ok":
-            raise NotYet(f"/readyz: {out}")
+        proc = lab.kubectl.run("get", "--raw=/readyz", "--request-timeout=20s", check=False, timeout=30)
+        if proc.returncode != 0 or proc.stdout.strip() != "ok":
+            raise NotYet(f"/readyz: {_failing_checks(proc.stdout + proc.stderr)}")
 
     wait_for("the apiserver's /readyz to answer ok", readyz, 240, interval=3)
     if unit in WORKER_DAEMONS:
@@ -568,6 +568,12 @@ def _wait_cluster_answers(lab: Lab, unit: str, node: str) -> None:
                 raise NotYet(f"{unit} /healthz: {out or 'no answer'}")
 
         wait_for(f"{unit} /healthz on {node}", healthz, 180, interval=3)
+
+
+def _failing_checks(text: str) -> str:
+    """The [-] lines of a /readyz answer (which check is not ready), else the answer's first line."""
+    failing = re.findall(r"\[-\]([^\\\n]+)", text)
+    return ", ".join(f.strip() for f in failing) if failing else (text.strip().splitlines() or ["no answer"])[0][:200]
 
 
 def check_worker_shutdown(lab: Lab) -> str:

@@ -357,3 +357,16 @@ def test_an_encrypted_secret_passes_and_names_the_provider() -> None:
     raw = b"k8s:enc:aescbc:v1:key1:\x8f\x02\x11..."
     detail = cluster_checks.judge_stored_secret("/registry/secrets/ns/probe", raw, "verify-plaintext-42")
     assert "k8s:enc:aescbc:v1" in detail
+
+
+def test_a_not_ready_apiserver_is_reported_by_its_failing_checks() -> None:
+    # Recorded from the lab while etcd was starting under emulation.
+    answer = (
+        'Error from server (InternalError): an error on the server ("[+]ping ok\\n[+]log ok\\n[+]etcd ok\\n'
+        '[-]etcd-readiness failed: reason withheld\\n[+]informer-sync ok\\n[+]shutdown ok\\nreadyz check failed") '
+        "has prevented the request from succeeding"
+    )
+    assert cluster_checks._failing_checks(answer) == "etcd-readiness failed: reason withheld"
+    assert cluster_checks._failing_checks("Unable to connect to the server: EOF\n") == (
+        "Unable to connect to the server: EOF"
+    )
