@@ -114,18 +114,23 @@ def up(
     artifact_source: str | None = None,
     strategy: str | None = None,
     merge_kubeconfig: Path | None = None,
+    limit: Sequence[str] | None = None,
 ) -> UpResult:
-    """Bring the cluster the spec describes into being, or converge an existing one."""
+    """Bring the cluster the spec describes into being, or converge an existing one.
+
+    With `limit` (node names), only those machines are created and only they run the Ansible phases:
+    how `scale` adds workers without touching the nodes that stay.
+    """
     finished = _collect_phases(bus)
     state.ensure()
     # Artifacts first: a build that cannot succeed should fail before any machine exists.
     aset = ensure_artifacts(cluster, bus, source=artifact_source)
     provider = providers.for_cluster(cluster, state, bus)
-    provider.create()
+    provider.create([cluster.node(name) for name in limit] if limit else None)
     hosts = provider.hosts()
     prefix = provider.command_prefix()
     with Phase(bus, "preflight", f"{len(hosts)} host(s)"):
-        preflight.check(hosts, prefix)
+        preflight.check([h for h in hosts if not limit or h.name in limit], prefix)
     with Phase(bus, "certificates", str(state.pki_dir)) as phase:
         inventory.write(cluster, state, hosts, aset.root)
         made = pki.ensure(cluster, state)
@@ -135,6 +140,7 @@ def up(
         bus,
         prefix=prefix,
         strategy_name=strategy,
+        limit=",".join(limit) if limit else None,
         host_key_checking=isinstance(cluster.spec.provider, StaticProvider),
     )
     with Phase(bus, "admin kubeconfig", str(state.kubeconfig)):

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from provisioner import paths, spec
-from provisioner.cli.render import console, fail_cleanly, out
-from provisioner.errors import NotImplementedYet
+from rich.table import Table
+
+from provisioner import paths, providers, scaling, spec
+from provisioner.cli import artifacts, box, cluster, drift, verify
+from provisioner.cli.render import cli_bus, console, fail_cleanly, out
+from provisioner.errors import MachineError
+from provisioner.events import EventBus
+from provisioner.state import State
 from provisioner.versions import SUPPORTED
 
 app = typer.Typer(
@@ -30,14 +36,6 @@ def load_spec(path: Path | None) -> spec.Cluster:
     return spec.load(path or paths.default_spec())
 
 
-def not_landed(verb: str, issue: int) -> None:
-    raise NotImplementedYet(
-        f"provisioner {verb}",
-        f"this capability has not landed yet (issue {issue})",
-        "nothing was changed",
-    )
-
-
 @app.command()
 def validate(spec_file: SpecOption = None) -> None:
     """Check a cluster spec and print every problem with its field path.
@@ -53,39 +51,61 @@ def validate(spec_file: SpecOption = None) -> None:
         )
 
 
-@app.command()
-def up(spec_file: SpecOption = None) -> None:
-    """Create the machines, push the artifacts and converge the cluster (idempotent; re-run to resume)."""
-    with fail_cleanly():
-        load_spec(spec_file)
-        not_landed("up", 5)
-
-
-@app.command()
-def destroy(spec_file: SpecOption = None) -> None:
-    """Remove everything `up` created (machines, networks, daemons, namespace, state). Caches stay."""
-    with fail_cleanly():
-        load_spec(spec_file)
-        not_landed("destroy", 4)
+app.command("up")(cluster.up)
+app.command("destroy")(cluster.destroy)
+app.add_typer(verify.app, name="verify")
+app.add_typer(drift.app, name="drift")
+app.add_typer(artifacts.app, name="artifacts")
+app.add_typer(box.app, name="box")
 
 
 @app.command()
 def status(spec_file: SpecOption = None) -> None:
     """Each machine's state and address."""
     with fail_cleanly():
-        load_spec(spec_file)
-        not_landed("status", 4)
+        cluster = load_spec(spec_file)
+        provider = providers.for_cluster(cluster, State.for_cluster(cluster.name), EventBus())
+        table = Table(title=f"cluster {cluster.name} ({cluster.spec.provider.type})", title_justify="left")
+        for column in ("node", "role", "state", "address"):
+            table.add_column(column)
+        for machine in provider.status():
+            style = "green" if machine.state in ("running", "reachable") else "yellow"
+            table.add_row(machine.name, machine.role, f"[{style}]{machine.state}[/{style}]", machine.address)
+        out.print(table)
 
 
 @app.command()
 def ssh(
     node: Annotated[str, typer.Argument(help="Node name from the spec.")],
+    command: Annotated[list[str] | None, typer.Argument(help="Command to run instead of a shell.")] = None,
     spec_file: SpecOption = None,
 ) -> None:
     """Open a shell on a node (inside the lab's network namespace when the lab is isolated)."""
     with fail_cleanly():
-        load_spec(spec_file)
-        not_landed("ssh", 4)
+        cluster = load_spec(spec_file)
+        state = State.for_cluster(cluster.name)
+        provider = providers.for_cluster(cluster, state, EventBus())
+        known = {n.name for n in cluster.spec.nodes}
+        if node not in known:
+            raise MachineError(node, f"no such node in the spec (nodes: {', '.join(sorted(known))})", "")
+        host = next((h for h in provider.hosts() if h.name == node), None)
+        if host is None:
+            raise MachineError(node, "the machine is not running", "run `provisioner up` first")
+        argv = [
+            *provider.command_prefix(),
+            "ssh",
+            "-i",
+            str(host.ssh_key),
+            "-p",
+            str(host.ssh_port),
+            "-o",
+            f"UserKnownHostsFile={state.root / 'ssh' / 'known_hosts'}",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            f"{host.ssh_user}@{host.ssh_host}",
+            *(command or []),
+        ]
+        os.execvp(argv[0], argv)
 
 
 @app.command()
@@ -93,45 +113,24 @@ def scale(
     workers: Annotated[int, typer.Option("--workers", help="Desired number of workers.", min=1)],
     spec_file: SpecOption = None,
 ) -> None:
-    """Add or remove workers; existing nodes are untouched, removed ones are drained first."""
-    with fail_cleanly():
-        load_spec(spec_file)
-        not_landed("scale", 7)
+    """Add or remove workers: writes the new worker list into the spec file, then converges.
 
-
-@app.command()
-def verify(spec_file: SpecOption = None) -> None:
-    """Prove the cluster's promises: host checks (testinfra) and behaviour through the API."""
-    with fail_cleanly():
-        load_spec(spec_file)
-        not_landed("verify", 6)
-
-
-@app.command()
-def drift(
-    manifests: Annotated[Path, typer.Option("--manifests", help="Folder of YAML manifests.")],
-    spec_file: SpecOption = None,
-) -> None:
-    """Report differences between manifests on disk and the live objects (exit 1 when any)."""
-    with fail_cleanly():
-        load_spec(spec_file)
-        not_landed("drift", 6)
-
-
-@app.command()
-def artifacts(spec_file: SpecOption = None) -> None:
-    """Build or fetch every binary and image the cluster needs, into the cache."""
-    with fail_cleanly():
-        load_spec(spec_file)
-        not_landed("artifacts", 3)
-
-
-@app.command()
-def box(spec_file: SpecOption = None) -> None:
-    """Build the offline Debian 12 Vagrant box with debootstrap."""
-    with fail_cleanly():
-        load_spec(spec_file)
-        not_landed("box", 4)
+    New workers get the next free names and addresses; only they are created and configured.
+    Removed workers (newest first) are cordoned, drained and deleted from the cluster, then destroyed.
+    """
+    bus, renderer = cli_bus()
+    with fail_cleanly(renderer):
+        path = spec_file or paths.default_spec()
+        result = scaling.scale(path, workers, bus)
+        renderer.summary()
+        if result.plan.empty:
+            out.print(f"{path}: already {workers} worker(s); nothing to do")
+        for name in result.plan.added:
+            out.print(f"added {name}")
+        for name in result.plan.removed:
+            out.print(f"removed {name}")
+        for host, counts in sorted(result.changed_per_host.items()):
+            out.print(f"  {host}: {counts} changed task(s)")
 
 
 @app.command("versions")

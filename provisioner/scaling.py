@@ -1,0 +1,94 @@
+"""`scale --workers N`: grow or shrink the worker pool without touching the nodes that stay.
+
+Growing: the spec file gets the new workers, only their machines are created, and the Ansible phases run
+only on them (`--limit`); per-host changed counts show the existing nodes were left alone.
+Shrinking: each removed worker is cordoned and drained (its pods are rescheduled), deleted from the
+cluster, and its machine destroyed; only then is it taken out of the spec file, so a failure part-way
+leaves the spec describing what still exists and a re-run continues.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioner import lifecycle, providers, spec, spec_edit
+from provisioner.artifacts import artifact_set
+from provisioner.errors import MachineError
+from provisioner.events import EventBus, Phase
+from provisioner.state import State
+
+DRAIN_TIMEOUT = "300s"
+
+
+@dataclass
+class ScaleResult:
+    plan: spec_edit.ScalePlan
+    changed_per_host: dict[str, int] = field(default_factory=dict)
+
+
+def scale(path: Path, workers: int, bus: EventBus, *, strategy: str | None = None) -> ScaleResult:
+    cluster = spec.load(path)
+    state = State.for_cluster(cluster.name)
+    to_add, to_remove = spec_edit.plan_workers(cluster, workers)
+    if to_remove:
+        _remove_workers(cluster, state, bus, to_remove)
+    plan = spec_edit.set_worker_count(path, workers)
+    result = ScaleResult(plan)
+    if to_add:
+        grown = spec.load(path)
+        up = lifecycle.up(grown, state, bus, strategy=strategy, limit=[e["name"] for e in to_add])
+        result.changed_per_host = {name: stats.changed for name, stats in up.run.hosts.items()}
+    return result
+
+
+def _remove_workers(cluster: spec.Cluster, state: State, bus: EventBus, names: list[str]) -> None:
+    provider = providers.for_cluster(cluster, state, bus)
+    prefix = provider.command_prefix()
+    kubectl_bin = artifact_set(cluster).bin / "kubectl"
+    for name in names:
+        with Phase(bus, f"remove {name}", "cordon, drain, delete node, destroy machine") as phase:
+            if _node_registered(prefix, kubectl_bin, state, name):
+                _kubectl(prefix, kubectl_bin, state, name, "cordon", name)
+                phase.progress("draining: pods move to the remaining workers", host=name)
+                _kubectl(
+                    prefix,
+                    kubectl_bin,
+                    state,
+                    name,
+                    "drain",
+                    name,
+                    "--ignore-daemonsets",
+                    "--delete-emptydir-data",
+                    "--force",
+                    f"--timeout={DRAIN_TIMEOUT}",
+                )
+                _kubectl(prefix, kubectl_bin, state, name, "delete", "node", name, "--wait=true")
+            else:
+                phase.progress("not registered in the cluster; nothing to drain", host=name)
+            provider.destroy([cluster.node(name)])
+
+
+def _node_registered(prefix: list[str], kubectl_bin: Path, state: State, name: str) -> bool:
+    found = lifecycle.kubectl(prefix, kubectl_bin, state.kubeconfig, "get", "node", name, "-o", "name", check=False)
+    if found.returncode == 0:
+        return True
+    if "NotFound" in found.stderr:
+        return False
+    raise MachineError(
+        f"node {name}",
+        f"cannot ask the cluster about it: {found.stderr.strip() or 'kubectl failed'}",
+        "check that the cluster answers (`provisioner verify --only nodes-ready`), then re-run scale",
+    )
+
+
+def _kubectl(prefix: list[str], kubectl_bin: Path, state: State, node: str, *args: str) -> None:
+    try:
+        lifecycle.kubectl(prefix, kubectl_bin, state.kubeconfig, *args, timeout=420)
+    except subprocess.CalledProcessError as exc:
+        raise MachineError(
+            f"node {node}",
+            f"`kubectl {' '.join(args)}` failed: {exc.stderr.strip()[-400:]}",
+            "fix the cause (a PodDisruptionBudget blocking the drain, an unreachable API) and re-run scale",
+        ) from None
