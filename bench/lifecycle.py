@@ -26,11 +26,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machines import boot_floor  # noqa: E402 - the floor is measured exactly as bench/machines.py does
+from machines import boot_floor
 
-from provisioner import artifacts, box, lifecycle, paths, providers, scaling, spec, verify  # noqa: E402
-from provisioner.events import EventBus  # noqa: E402
-from provisioner.state import State  # noqa: E402
+from provisioner import artifacts, box, lifecycle, paths, providers, scaling, spec, verify
+from provisioner.events import EventBus
+from provisioner.state import State
 
 LOCK = Path("/tmp/provisioner-lab.lock")
 # Binaries whose start-up is timed on a booted node: one per role, the node's own heaviest starters.

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from rich.table import Table
 
 from provisioner import paths, providers, scaling, spec
