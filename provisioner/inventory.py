@@ -84,9 +84,20 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
         "pod_cidrs": {name: str(cidr) for name, cidr in cluster.pod_cidrs.items()},
         "node_addresses": {n.name: str(n.address) for n in cluster.spec.nodes},
         "artifacts_dir": str(artifacts_dir),
+        # Units carry their binary's checksum, so a new binary restarts its service like a new config.
+        "artifact_checksums": _checksums(artifacts_dir),
         "pki_dir": str(state.pki_dir),
         "state_dir": str(state.root),
     }
+
+
+def _checksums(artifacts_dir: Path) -> dict[str, str]:
+    """path -> sha256 from the artifact set's manifest; empty when the set is not there yet."""
+    try:
+        manifest = json.loads((artifacts_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {f["path"]: f["sha256"] for f in manifest.get("files", []) if "path" in f and "sha256" in f}
 
 
 def write(cluster: Cluster, state: State, hosts: list[HostConnection], artifacts_dir: Path) -> None:
