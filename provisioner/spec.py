@@ -6,6 +6,7 @@ Validation reports one line per problem, each naming the field path, the bad val
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -171,6 +172,8 @@ def parse(data: Any, where: str = "<spec>", base_dir: Path | None = None) -> Clu
         raise SpecError(
             where, [f"{where}: the document is {kind}; expected a mapping with apiVersion, kind, metadata, spec"]
         )
+    if base_dir is not None:
+        data = _absolute_keys(data, base_dir)
     try:
         cluster = Cluster.model_validate(data)
     except ValidationError as exc:
@@ -179,6 +182,20 @@ def parse(data: Any, where: str = "<spec>", base_dir: Path | None = None) -> Clu
     if problems:
         raise SpecError(where, problems)
     return cluster
+
+
+def _absolute_keys(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """SSH key paths in a spec are relative to the spec file's folder; the model holds them absolute."""
+    nodes = data.get("spec", {}).get("nodes") if isinstance(data.get("spec"), dict) else None
+    if not isinstance(nodes, list):
+        return data
+    data = copy.deepcopy(data)
+    for node in data["spec"]["nodes"]:
+        ssh = node.get("ssh") if isinstance(node, dict) else None
+        if isinstance(ssh, dict) and isinstance(ssh.get("key"), str):
+            key = Path(ssh["key"]).expanduser()
+            ssh["key"] = str(key if key.is_absolute() else (base_dir / key).resolve())
+    return data
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -237,3 +237,13 @@ def test_cli_missing_file() -> None:
     result = _cli("validate", "--spec", "/nonexistent/cluster.yaml")
     assert result.returncode == 2
     assert "/nonexistent/cluster.yaml: file not found" in result.stderr
+
+
+def test_static_key_path_is_relative_to_the_spec_file(tmp_path: Path) -> None:
+    data = static_spec(tmp_path)
+    for node in data["spec"]["nodes"]:
+        node["ssh"]["key"] = "id_ed25519"  # beside the spec file, not the working directory
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cluster = spec.load(path)
+    assert {n.ssh.key for n in cluster.spec.nodes if n.ssh} == {tmp_path / "id_ed25519"}
