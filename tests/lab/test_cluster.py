@@ -14,7 +14,7 @@ from provisioner.artifacts import image_names
 from provisioner.events import EventBus
 from provisioner.lifecycle import LabCluster, UpResult
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.cluster]
 
 NAMESPACE = "cluster-test"
 ANSIBLE_PHASES = ["prep", "pki", "etcd", "control plane", "workers", "addons"]
