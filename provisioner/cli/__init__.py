@@ -52,8 +52,8 @@ def validate(spec_file: SpecOption = None) -> None:
 
 app.command("up")(cluster.up)
 app.command("destroy")(cluster.destroy)
-app.add_typer(verify.app, name="verify")
-app.add_typer(drift.app, name="drift")
+app.command("verify")(verify.verify)
+app.command("drift")(drift.drift)
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(box.app, name="box")
 
