@@ -73,21 +73,7 @@ def binary_start(cluster: spec.Cluster, state: State) -> float:
     total = 0.0
     for role, commands in START_PROBES.items():
         host = hosts[role]
-        ssh = [
-            *prefix,
-            "ssh",
-            "-i",
-            str(host.ssh_key),
-            "-p",
-            str(host.ssh_port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            f"{host.ssh_user}@{host.ssh_host}",
-        ]
+        ssh = host.ssh_argv(state.root / "ssh" / "known_hosts", prefix)
         # time measured inside the node, so SSH connection set-up is not counted
         script = "; ".join(f"s=$(date +%s.%N); {c} >/dev/null; e=$(date +%s.%N); echo $e $s" for c in commands)
         result = subprocess.run([*ssh, script], capture_output=True, text=True, check=True, timeout=300)

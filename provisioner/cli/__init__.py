@@ -90,20 +90,7 @@ def ssh(
         host = next((h for h in provider.hosts() if h.name == node), None)
         if host is None:
             raise MachineError(node, "the machine is not running", "run `provisioner up` first")
-        argv = [
-            *provider.command_prefix(),
-            "ssh",
-            "-i",
-            str(host.ssh_key),
-            "-p",
-            str(host.ssh_port),
-            "-o",
-            f"UserKnownHostsFile={state.root / 'ssh' / 'known_hosts'}",
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            f"{host.ssh_user}@{host.ssh_host}",
-            *(command or []),
-        ]
+        argv = [*host.ssh_argv(state.root / "ssh" / "known_hosts", provider.command_prefix()), *(command or [])]
         os.execvp(argv[0], argv)
 
 

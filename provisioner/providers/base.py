@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,24 @@ class HostConnection:
     ssh_port: int
     ssh_user: str
     ssh_key: Path
+
+    def ssh_argv(self, known_hosts: Path, prefix: Sequence[str] = ()) -> list[str]:
+        """The ssh command line that reaches this host (inside the lab's namespace when prefixed)."""
+        return [
+            *prefix,
+            "ssh",
+            "-i",
+            str(self.ssh_key),
+            "-p",
+            str(self.ssh_port),
+            "-o",
+            f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "LogLevel=ERROR",
+            f"{self.ssh_user}@{self.ssh_host}",
+        ]
 
 
 @dataclass(frozen=True)

@@ -61,24 +61,27 @@ def test_derived_service_addresses() -> None:
     assert str(net.dns_service_ip) == "10.96.0.10"
 
 
+def _parent(data: dict[str, Any], path: str) -> tuple[Any, int | str]:
+    """The container holding the dotted `path` (digits index lists), and the last key."""
+    *parents, last = path.split(".")
+    node: Any = data
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    return node, int(last) if last.isdigit() else last
+
+
 def _set(path: str, value: Any) -> Mutation:
     def change(data: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        node: Any = data
-        for p in parents:
-            node = node[int(p)] if p.isdigit() else node[p]
-        node[int(last) if last.isdigit() else last] = value
+        node, key = _parent(data, path)
+        node[key] = value
 
     return change
 
 
 def _delete(path: str) -> Mutation:
     def change(data: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        node: Any = data
-        for p in parents:
-            node = node[int(p)] if p.isdigit() else node[p]
-        del node[int(last) if last.isdigit() else last]
+        node, key = _parent(data, path)
+        del node[key]
 
     return change
 
