@@ -75,3 +75,13 @@ def test_machine_list_for_vagrantfile(tmp_path: Path) -> None:
         "memory": 2048,
         "box": "provisioner/debian12",
     }
+
+
+def test_ssh_command_line_enters_the_lab_namespace(tmp_path: Path) -> None:
+    cluster = spec.load(paths.default_spec())
+    host = _hosts(cluster, tmp_path / "key")[1]
+    argv = host.ssh_argv(tmp_path / "known_hosts", ["ip", "netns", "exec", "prov-lab"])
+    assert argv[:5] == ["ip", "netns", "exec", "prov-lab", "ssh"]
+    assert argv[-1] == "vagrant@192.168.121.101"
+    assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in argv
+    assert argv[argv.index("-i") + 1] == str(tmp_path / "key")
