@@ -5,6 +5,7 @@ Nothing here is ever parsed back into the model; these files are outputs only.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,32 @@ def machine_list(cluster: Cluster) -> list[dict[str, Any]]:
     ]
 
 
+# Up to this many possible nodes, every node routes to every possible node's pod subnet up front.
+MAX_PREROUTED = 1024
+
+
+def pod_routes(cluster: Cluster, name: str) -> list[str]:
+    """`CIDR via ADDRESS` for the pod subnet of every other node, as `ip route` arguments.
+
+    A node's pod subnet is indexed by its address's offset in the node subnet, so the route to any
+    possible node is known in advance. Routing to all of them (a gateway that does not exist yet just
+    fails ARP) means a worker added later needs no change on the nodes already running. Node subnets
+    too large for that get routes to the nodes in the spec only.
+    """
+    net = cluster.spec.network
+    count = min(
+        2 ** (net.pod_subnet_per_node_prefix - net.pod_subnet.prefixlen),
+        net.node_subnet.num_addresses - 1,
+    )
+    own = cluster.pod_cidrs[name]
+    if count <= MAX_PREROUTED:
+        subnets = itertools.islice(net.pod_subnet.subnets(new_prefix=net.pod_subnet_per_node_prefix), count)
+        pairs = [(cidr, net.node_subnet.network_address + i) for i, cidr in enumerate(subnets) if i > 0]
+    else:
+        pairs = [(cluster.pod_cidrs[n.name], n.address) for n in cluster.spec.nodes if n.address is not None]
+    return [f"{cidr} via {address}" for cidr, address in pairs if cidr != own]
+
+
 def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
     return {
         "ansible_host": host.ssh_host,
@@ -48,6 +75,7 @@ def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
         "node_address": host.address,
         "node_role": host.role,
         "node_pod_cidr": str(cluster.pod_cidrs[host.name]),
+        "node_pod_routes": pod_routes(cluster, host.name),
     }
 
 
