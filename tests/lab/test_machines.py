@@ -166,6 +166,7 @@ def _processes(names: set[str]) -> list[str]:
                 comm = (proc / "comm").read_text().strip()
             except OSError:
                 continue
-            if comm in names:
+            # an exited daemon stays a zombie until PID 1 reaps it (slowly, on machines without systemd)
+            if comm in names and netns._alive(int(proc.name)):
                 found.append(f"{proc.name}:{comm}")
     return found
