@@ -14,24 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.artifacts import build, layout
+from provisioner.artifacts import layout
 from provisioner.artifacts.layout import ArtifactSet
-from provisioner.events import EventBus
-from provisioner.paths import cache_root
+from provisioner.versions import DEFAULT_KUBERNETES
 
 pytestmark = [
     pytest.mark.build,
     pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs root to mount snapshots"),
 ]
 
-VERSION = "v1.37.2"
-
-
-@pytest.fixture(scope="module")
-def built() -> ArtifactSet:
-    aset = ArtifactSet(cache_root() / "artifacts" / VERSION, VERSION)
-    build.build(aset, EventBus())
-    return aset
+VERSION = DEFAULT_KUBERNETES
 
 
 @pytest.fixture

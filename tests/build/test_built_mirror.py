@@ -15,23 +15,16 @@ from pathlib import Path
 import pytest
 
 from provisioner import artifacts
-from provisioner.artifacts import build, fetch, images, layout, manifest
+from provisioner.artifacts import fetch, images, layout, manifest
 from provisioner.artifacts.layout import ArtifactSet
 from provisioner.artifacts.mirror import write_mirror
 from provisioner.errors import ArtifactError
 from provisioner.events import EventBus
-from provisioner.paths import cache_root
+from provisioner.versions import DEFAULT_KUBERNETES
 
 pytestmark = pytest.mark.build
 
-VERSION = "v1.37.2"
-
-
-@pytest.fixture(scope="module")
-def built() -> ArtifactSet:
-    aset = ArtifactSet(cache_root() / "artifacts" / VERSION, VERSION)
-    build.build(aset, EventBus())
-    return aset
+VERSION = DEFAULT_KUBERNETES
 
 
 @pytest.fixture

@@ -38,8 +38,8 @@ class LabSession:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Machine tests first: they lock, create and destroy a lab of their own (same namespace name)
-    per module, which must be over before this session's shared lab takes the lock and comes up."""
+    """Machine tests first: they create and destroy a lab of their own (same namespace name), which
+    must be over before this session's shared lab comes up. Both hold the one session-wide lab lock."""
     lab_dir = Path(__file__).parent
 
     def key(item: pytest.Item) -> tuple[int, int]:

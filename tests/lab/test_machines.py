@@ -6,7 +6,6 @@ Holds /tmp/provisioner-lab.lock for the whole module: only one lab may run on a 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -26,15 +25,7 @@ from provisioner.state import State
 
 pytestmark = pytest.mark.lab
 
-LOCK = Path("/tmp/provisioner-lab.lock")
 VENV_BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def lab_lock() -> Iterator[None]:
-    with LOCK.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 @pytest.fixture(scope="module")
