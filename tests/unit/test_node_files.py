@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
+import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 
@@ -57,6 +61,7 @@ def test_files_are_copied_once_and_a_changed_file_is_replaced(tmp_path: Path) ->
         "node_files_bin_dir": str(node / "bin"),
         "node_files_cni_dir": str(node / "cni"),
         "node_files_image_dir": str(node / "images"),
+        "node_files_sums_cache": str(node / "sums.json"),
     }
     state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))
     (state.root / "site.yml").write_text(PLAYBOOK)
@@ -74,3 +79,49 @@ def test_files_are_copied_once_and_a_changed_file_is_replaced(tmp_path: Path) ->
     repaired = _run(state)
     assert repaired.hosts["node"].changed == 1
     assert (node / "bin" / "tool-a").read_bytes() == (artifacts / "bin" / "tool-a").read_bytes()
+
+    # The node's cache now knows every file by its stat key, so the next probe hashes nothing.
+    cache = json.loads((node / "sums.json").read_text())
+    assert {Path(p).name: e["sha256"] for p, e in cache.items()}["tool-a"] == sums["bin/tool-a"]
+    assert len(cache) == 4
+
+
+def _module() -> ModuleType:
+    path = paths.REPO_ROOT / "playbooks" / "roles" / "node_files" / "library" / "installed_sums.py"
+    spec = importlib.util.spec_from_file_location("installed_sums", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sums_cache_rehashes_only_files_whose_stat_changed(tmp_path: Path) -> None:
+    mod = _module()
+    a, b, missing = tmp_path / "a", tmp_path / "b", str(tmp_path / "missing")
+    a.write_bytes(b"alpha\n")
+    b.write_bytes(b"beta\n")
+    files = [str(a), str(b), missing]
+
+    sums, cache, hashed = mod.installed_sums(files, {})
+    assert hashed == 2
+    assert sums == {
+        str(a): hashlib.sha256(b"alpha\n").hexdigest(),
+        str(b): hashlib.sha256(b"beta\n").hexdigest(),
+        missing: None,
+    }
+
+    again, cache, hashed = mod.installed_sums(files, cache)
+    assert (again, hashed) == (sums, 0)
+
+    # Same size, mtime put back by hand: the ctime still moves, so the change is seen.
+    st = a.stat()
+    a.write_bytes(b"ALPHA\n")
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed, cache, hashed = mod.installed_sums(files, cache)
+    assert hashed == 1
+    assert changed[str(a)] == hashlib.sha256(b"ALPHA\n").hexdigest()
+
+    # A sum handed in as known (a verified copy just wrote the file) is recorded without reading it.
+    b.write_bytes(b"gamma\n")
+    told, cache, hashed = mod.installed_sums(files, cache, {str(b): "f" * 64})
+    assert (told[str(b)], hashed) == ("f" * 64, 0)
