@@ -36,12 +36,6 @@ class SpecError(ProvisionerError):
         return "\n".join(self.problems)
 
 
-class NotImplementedYet(ProvisionerError):
-    """A CLI verb whose capability has not landed. Says so instead of pretending."""
-
-    exit_code = 3
-
-
 class ToolMissing(ProvisionerError):
     """A host tool (vagrant, libvirtd, go, ...) is not installed."""
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from provisioner import inventory, pki, preflight, providers, runner
-from provisioner.artifacts import ArtifactSet
+from provisioner.artifacts import ArtifactSet, artifact_set
 from provisioner.artifacts import ensure as ensure_artifacts
 from provisioner.errors import ProvisionerError
 from provisioner.events import Event, EventBus, Phase, PhaseFinished
@@ -164,6 +164,40 @@ def destroy(cluster: Cluster, state: State, bus: EventBus, *, merged_kubeconfig:
         (state.root / "ssh" / "known_hosts").unlink(missing_ok=True)
         if merged_kubeconfig is not None:
             unmerge(merged_kubeconfig, cluster.name)
+
+
+def reset(cluster: Cluster, state: State, bus: EventBus, *, strategy: str | None = None) -> runner.RunResult:
+    """Remove from every node what `up` installed (services, binaries, configuration, cluster data).
+
+    The machines stay, and so does the cluster's PKI on the admin machine: `up` afterwards builds a new
+    cluster (empty etcd) on the same hosts. For static hosts this is the way back to a clean host.
+    """
+    state.ensure()
+    provider = providers.for_cluster(cluster, state, bus)
+    hosts = provider.hosts()
+    missing = sorted({n.name for n in cluster.spec.nodes} - {h.name for h in hosts})
+    if missing:
+        raise ProvisionerError(
+            f"node {', '.join(missing)}",
+            "is not running, so it cannot be reset",
+            "start it (`provisioner up` creates missing lab machines) or remove it from the spec",
+        )
+    prefix = provider.command_prefix()
+    with Phase(bus, "preflight", f"{len(hosts)} host(s)"):
+        preflight.check(hosts, prefix)
+    inventory.write(cluster, state, hosts, artifact_set(cluster).root)
+    run = runner.run_playbook(
+        state,
+        bus,
+        playbook=runner.PLAYBOOK_DIR / "reset.yml",
+        prefix=prefix,
+        strategy_name=strategy,
+        host_key_checking=isinstance(cluster.spec.provider, StaticProvider),
+        name="reset",
+    )
+    # The admin kubeconfig points at an apiserver that no longer exists; `up` writes it again.
+    state.kubeconfig.unlink(missing_ok=True)
+    return run
 
 
 def lab_cluster(cluster: Cluster, state: State, prefix: list[str], aset: ArtifactSet) -> LabCluster:

@@ -52,6 +52,7 @@ def validate(spec_file: SpecOption = None) -> None:
 
 app.command("up")(cluster.up)
 app.command("destroy")(cluster.destroy)
+app.command("reset")(cluster.reset)
 app.command("verify")(verify.verify)
 app.command("drift")(drift.drift)
 app.add_typer(artifacts.app, name="artifacts")

@@ -81,3 +81,20 @@ def destroy(spec_file: SpecOption = None, merge_kubeconfig: MergeOption = False)
             merged_kubeconfig=Path.home() / ".kube" / "config" if merge_kubeconfig else None,
         )
     renderer.summary()
+
+
+def reset(
+    spec_file: SpecOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove from every node what `up` installed; the machines and the cluster's PKI stay."""
+    bus, renderer = cli_bus()
+    with fail_cleanly(renderer):
+        cluster = spec.load(spec_file or paths.default_spec())
+        names = ", ".join(n.name for n in cluster.spec.nodes)
+        if not yes and not typer.confirm(f"reset {names}: stop and remove Kubernetes, etcd and containerd?"):
+            raise typer.Exit(1)
+        run = lifecycle.reset(cluster, State.for_cluster(cluster.name), bus)
+    renderer.summary()
+    per_host = ", ".join(f"{host} {stats.changed} changed" for host, stats in sorted(run.hosts.items()))
+    out.print(f"reset {cluster.name}: {per_host}; the machines stay, `provisioner up` builds the cluster again")

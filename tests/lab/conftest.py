@@ -39,12 +39,14 @@ class LabSession:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Machine tests first: they create and destroy a lab of their own (same namespace name), which
-    must be over before this session's shared lab comes up. Both hold the one session-wide lab lock."""
+    must be over before this session's shared lab comes up. Both hold the one session-wide lab lock.
+    The reset test last: the cluster is gone after it."""
     lab_dir = Path(__file__).parent
 
     def key(item: pytest.Item) -> tuple[int, int]:
         in_lab = lab_dir in item.path.parents
-        return (int(in_lab), 0 if item.path.name == "test_machines.py" else 1)
+        order = {"test_machines.py": 0, "test_reset.py": 2}  # reset takes the cluster away: last
+        return (int(in_lab), order.get(item.path.name, 1))
 
     items.sort(key=key)
 

@@ -26,7 +26,7 @@ from provisioner.verify import run
 from provisioner.verify.kube import Kubectl, Ssh, read_inventory, ssh_options, wait_for
 from provisioner.verify.report import FAILED, PASSED, SKIPPED
 
-pytestmark = [pytest.mark.lab, pytest.mark.cluster]
+pytestmark = [pytest.mark.lab, pytest.mark.cluster, pytest.mark.verify]
 
 
 def _kubectl(lab: LabCluster) -> Kubectl:

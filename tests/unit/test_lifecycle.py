@@ -6,8 +6,10 @@ import stat
 from pathlib import Path
 
 import yaml
+from pytest import MonkeyPatch
+from typer.testing import CliRunner
 
-from provisioner import lifecycle, paths, pki, spec
+from provisioner import cli, lifecycle, paths, pki, spec
 from provisioner.state import State
 
 
@@ -50,3 +52,24 @@ def test_kubectl_hint_runs_inside_the_lab_namespace(tmp_path: Path) -> None:
     )
     assert result.kubectl_hint().startswith("ip netns exec prov-lab ")
     assert result.kubectl_hint().endswith("get nodes")
+
+
+def test_reset_asks_before_touching_any_node_and_no_stops_it(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    called: list[str] = []
+    monkeypatch.setattr(lifecycle, "reset", lambda *args, **kwargs: called.append("reset"))
+    result = CliRunner().invoke(cli.app, ["reset", "--spec", str(paths.default_spec())], input="n\n")
+    assert result.exit_code == 1
+    assert "reset master, worker-1, worker-2" in result.output
+    assert called == []
+
+
+def test_reset_playbook_runs_the_reset_role_on_every_node() -> None:
+    plays = yaml.safe_load((paths.REPO_ROOT / "playbooks" / "reset.yml").read_text())
+    assert [(p["hosts"], [r["role"] for r in p["roles"]]) for p in plays] == [("k8s_cluster", ["reset"])]
+    defaults = yaml.safe_load((paths.REPO_ROOT / "playbooks" / "roles" / "reset" / "defaults" / "main.yml").read_text())
+    # Everything site.yml installs as a unit is stopped and removed by reset.
+    installed = {
+        p.name.removesuffix(".service.j2")
+        for p in (paths.REPO_ROOT / "playbooks" / "roles").glob("*/templates/*.service.j2")
+    }
+    assert installed <= set(defaults["reset_units"])
