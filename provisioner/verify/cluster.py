@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import re
 import secrets
-import subprocess
 import tempfile
-import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -198,49 +195,21 @@ def deploy(lab: Lab, ns: str, docs: Sequence[dict[str, Any]]) -> None:
     lab.kubectl.apply(docs, namespace=ns)
 
 
-@contextlib.contextmanager
-def port_forward(lab: Lab, ns: str, pod: str, port: int = HTTP_PORT, timeout: float = 60) -> Iterator[int]:
-    """Forward a local port (in the lab's namespace) to a pod, through the apiserver and kubelet.
+def dial(lab: Lab, ns: str, pod: str, host: str, port: int, tries: int) -> dict[str, list[str]]:
+    """Ask an agnhost netexec pod to make `tries` HTTP requests for /hostname to host:port (from inside the pod).
 
-    The admin side needs no route to pod addresses: the tunnel runs over the kubelet's API.
+    The request reaches the pod through the apiserver's pod proxy (the master routes to every pod
+    subnet), so the admin side needs no route to pod addresses and no long-running port-forward.
     """
-    proc = lab.kubectl.popen("port-forward", "-n", ns, f"pod/{pod}", f":{port}", "--address=127.0.0.1")
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
-                raise CheckFailed(
-                    f"kubectl port-forward to {ns}/{pod} did not start within {timeout:.0f}s {err}"
-                ) from None
-            if m := re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line):
-                yield int(m.group(1))
-                return
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def dial(lab: Lab, local_port: int, host: str, port: int, tries: int) -> dict[str, list[str]]:
-    """Ask an agnhost netexec pod to make `tries` HTTP requests for /hostname to host:port (from inside the pod)."""
     query = urllib.parse.urlencode(
         {"request": "hostname", "protocol": "http", "host": host, "port": port, "tries": tries}
     )
-    body = http_get(lab.prefix, f"http://127.0.0.1:{local_port}/dial?{query}", timeout=30 + 5 * tries)
-    result: dict[str, list[str]] = json.loads(body)
+    path = f"/api/v1/namespaces/{ns}/pods/{pod}:{HTTP_PORT}/proxy/dial?{query}"
+    timeout = 30 + 5 * tries
+    proc = lab.kubectl.run("get", "--raw", path, f"--request-timeout={timeout}s", check=False, timeout=timeout + 30)
+    if proc.returncode != 0:
+        raise NotYet(f"GET {path}: {(proc.stderr or proc.stdout).strip()[:300]}")
+    result: dict[str, list[str]] = json.loads(proc.stdout)
     return result
 
 
@@ -298,15 +267,14 @@ def check_dns(lab: Lab) -> str:
         web = wait_ready_pods(lab, ns, "web", 1)[0]["metadata"]["name"]
         client = client_pod(lab, ns)["metadata"]["name"]
         fqdn = f"web.{ns}.svc.cluster.local"
-        with port_forward(lab, ns, client) as local:
 
-            def probe() -> str:
-                answer = dial(lab, local, fqdn, 80, 1)
-                if answer.get("responses") != [web]:
-                    raise NotYet(f"dial {fqdn}: {answer}")
-                return f"{fqdn} resolved from pod {client}; answered by {web}"
+        def probe() -> str:
+            answer = dial(lab, ns, client, fqdn, 80, 1)
+            if answer.get("responses") != [web]:
+                raise NotYet(f"dial {fqdn}: {answer}")
+            return f"{fqdn} resolved from pod {client}; answered by {web}"
 
-            return wait_for(f"pod {client} to resolve and reach {fqdn}", probe, 120, interval=5)
+        return wait_for(f"pod {client} to resolve and reach {fqdn}", probe, 120, interval=5)
 
 
 def check_load_balancing(lab: Lab) -> str:
@@ -316,10 +284,9 @@ def check_load_balancing(lab: Lab) -> str:
         backends = sorted(p["metadata"]["name"] for p in wait_ready_pods(lab, ns, "lb", replicas))
         cluster_ip = lab.kubectl.json("get", "service", "lb", "-n", ns)["spec"]["clusterIP"]
         client = client_pod(lab, ns)["metadata"]["name"]
-        with port_forward(lab, ns, client) as local:
-            # The Service's endpoints may trail pod readiness by a moment: wait for a first answer.
-            wait_for(f"Service lb ({cluster_ip}) to answer", lambda: _answers(lab, local, cluster_ip), 120, interval=5)
-            answer = dial(lab, local, cluster_ip, 80, tries)
+        # The Service's endpoints may trail pod readiness by a moment: wait for a first answer.
+        wait_for(f"Service lb ({cluster_ip}) to answer", lambda: _answers(lab, ns, client, cluster_ip), 120, interval=5)
+        answer = dial(lab, ns, client, cluster_ip, 80, tries)
         spread = Counter(answer.get("responses", []))
         text = ", ".join(f"{b}: {spread.get(b, 0)}" for b in backends) + f" of {tries} requests"
         if answer.get("errors"):
@@ -330,8 +297,8 @@ def check_load_balancing(lab: Lab) -> str:
         return text
 
 
-def _answers(lab: Lab, local: int, host: str) -> None:
-    answer = dial(lab, local, host, 80, 1)
+def _answers(lab: Lab, ns: str, pod: str, host: str) -> None:
+    answer = dial(lab, ns, pod, host, 80, 1)
     if not answer.get("responses"):
         raise NotYet(str(answer))
 

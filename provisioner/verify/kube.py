@@ -96,10 +96,6 @@ class Kubectl:
         args = ["apply", "-f", "-"] + ([f"--namespace={namespace}"] if namespace else [])
         self.run(*args, input=yaml.safe_dump_all(docs, sort_keys=False))
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        """A long-running kubectl (port-forward); the caller stops it."""
-        return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
 
 @dataclass(frozen=True)
 class NodeLogin:
