@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 import pytest
 import yaml
+from ansible.plugins.filter.core import FilterModule as AnsibleCoreFilters
 
 from provisioner import inventory, paths, spec
 from provisioner.artifacts import image_names
@@ -41,7 +42,7 @@ def _context(cluster: spec.Cluster, host: str, tmp: Path) -> dict[str, Any]:
     ctx.update(groups=groups, inventory_hostname=host, ansible_managed="Ansible managed")
     for defaults in sorted(ROLES.glob("*/defaults/main.yml")):
         ctx.update(yaml.safe_load(defaults.read_text()) or {})
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env = _with_ansible_filters(jinja2.Environment(undefined=jinja2.StrictUndefined))
     # role defaults refer to group vars and to each other: resolve the plain string ones
     for _ in range(3):
         for key, value in list(ctx.items()):
@@ -50,11 +51,20 @@ def _context(cluster: spec.Cluster, host: str, tmp: Path) -> dict[str, Any]:
     return ctx
 
 
+def _with_ansible_filters(env: jinja2.Environment) -> jinja2.Environment:
+    """The filters Ansible adds to Jinja (regex_replace, ...), as the playbooks see them."""
+    # Jinja's own filters (default, ...) stay Jinja's: Ansible's versions expect its templar.
+    env.filters.update({k: f for k, f in AnsibleCoreFilters().filters().items() if k not in env.filters})
+    return env
+
+
 def render(cluster: spec.Cluster, role: str, template: str, host: str, tmp: Path, **extra: Any) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(ROLES / role / "templates"),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
+    env = _with_ansible_filters(
+        jinja2.Environment(
+            loader=jinja2.FileSystemLoader(ROLES / role / "templates"),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+        )
     )
     return env.get_template(template).render({**_context(cluster, host, tmp), **extra})
 
