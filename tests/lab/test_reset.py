@@ -16,9 +16,9 @@ LEFTOVERS = (
     "ls -d /etc/kubernetes /etc/containerd /etc/cni /opt/cni /var/lib/etcd /var/lib/kubelet /var/lib/containerd"
     " /var/lib/provisioner /etc/systemd/system/kubelet.service /etc/systemd/system/etcd.service"
     " /etc/systemd/system/pod-network.service /usr/local/bin/kubelet /usr/local/bin/kube-apiserver 2>/dev/null;"
-    " pgrep -l -x 'etcd|kube-apiserver|kube-controller|kube-scheduler|kubelet|kube-proxy|containerd'"
-    " | sed 's/^/process /';"
-    " pgrep -l -f containerd-shim | sed 's/^/process /';"
+    # Full command lines ([/] keeps the probe's own shell from matching itself).
+    " pgrep -a -f '^[/]usr/local/bin/(etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy"
+    "|containerd|containerd-shim-runc-v2)( |$)' | sed 's/^/process /';"
     " ip -o link show cni0 2>/dev/null | sed 's/^/link /';"
     " ip route show root {pod_subnet} | sed 's/^/route /';"
     " iptables-save | grep -E 'KUBE-SERVICES|CNI-|{pod_subnet}' | sed 's/^/rule /';"
