@@ -129,8 +129,9 @@ def up(
     provider.create([cluster.node(name) for name in limit] if limit else None)
     hosts = provider.hosts()
     prefix = provider.command_prefix()
-    with Phase(bus, "preflight", f"{len(hosts)} host(s)"):
-        preflight.check([h for h in hosts if not limit or h.name in limit], prefix)
+    checked = [h for h in hosts if not limit or h.name in limit]
+    with Phase(bus, "preflight", f"{len(checked)} host(s)"):
+        preflight.check(checked, prefix)
     with Phase(bus, "certificates", str(state.pki_dir)) as phase:
         inventory.write(cluster, state, hosts, aset.root)
         made = pki.ensure(cluster, state)
