@@ -24,6 +24,7 @@ from provisioner.events import EventBus, Recorder
 from provisioner.lifecycle import LabCluster, UpResult
 from provisioner.providers import for_cluster
 from provisioner.state import State
+from provisioner.verify.kube import Ssh, read_inventory, ssh_options
 
 LOCK = Path("/tmp/provisioner-lab.lock")
 KEEP_ENV = "PROVISIONER_KEEP_LAB"
@@ -82,6 +83,15 @@ def lab_session(lab_lock: None) -> Iterator[LabSession]:
 @pytest.fixture(scope="session")
 def lab_cluster(lab_session: LabSession) -> LabCluster:
     return lab_session.lab
+
+
+@pytest.fixture(scope="session")
+def lab_ssh(lab_cluster: LabCluster) -> Ssh:
+    """SSH to the lab's nodes as verify does: the generated inventory, the state's key and known hosts."""
+    control = lab_cluster.state.root / "ssh" / "cm"
+    control.mkdir(parents=True, exist_ok=True)
+    options = ssh_options(control, lab_cluster.state.root / "ssh" / "known_hosts")
+    return Ssh(read_inventory(lab_cluster.state.inventory_file), lab_cluster.prefix, options)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 from provisioner import lifecycle
 from provisioner.events import EventBus
 from provisioner.lifecycle import LabCluster
-from provisioner.verify.kube import Ssh, read_inventory, ssh_options
+from provisioner.verify.kube import Ssh
 
 pytestmark = [pytest.mark.lab, pytest.mark.cluster]
 
@@ -26,17 +26,13 @@ LEFTOVERS = (
 )
 
 
-def test_reset_removes_everything_up_installed_and_is_safe_twice(lab_cluster: LabCluster) -> None:
+def test_reset_removes_everything_up_installed_and_is_safe_twice(lab_cluster: LabCluster, lab_ssh: Ssh) -> None:
     lab = lab_cluster
     first = lifecycle.reset(lab.cluster, lab.state, EventBus())
     assert all(stats.changed > 0 for stats in first.hosts.values()), first.hosts
 
-    control = lab.state.root / "ssh" / "cm"
-    control.mkdir(parents=True, exist_ok=True)
-    options = ssh_options(control, lab.state.root / "ssh" / "known_hosts")
-    ssh = Ssh(read_inventory(lab.state.inventory_file), lab.prefix, options)
     probe = LEFTOVERS.format(pod_subnet=lab.cluster.spec.network.pod_subnet)
-    left = {node.name: ssh.text(node.name, probe) for node in lab.cluster.spec.nodes}
+    left = {node.name: lab_ssh.text(node.name, probe) for node in lab.cluster.spec.nodes}
     assert left == dict.fromkeys(left, ""), left
     assert not lab.state.kubeconfig.exists()
 

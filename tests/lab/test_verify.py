@@ -23,7 +23,7 @@ from provisioner.events import EventBus, PhaseFinished, Recorder
 from provisioner.lifecycle import LabCluster
 from provisioner.verify import cluster as cluster_checks
 from provisioner.verify import run
-from provisioner.verify.kube import Kubectl, Ssh, read_inventory, ssh_options, wait_for
+from provisioner.verify.kube import Kubectl, Ssh, wait_for
 from provisioner.verify.report import FAILED, PASSED, SKIPPED
 
 pytestmark = [pytest.mark.lab, pytest.mark.cluster, pytest.mark.verify]
@@ -31,13 +31,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.cluster, pytest.mark.verify]
 
 def _kubectl(lab: LabCluster) -> Kubectl:
     return Kubectl(artifacts.artifact_set(lab.cluster).bin / "kubectl", lab.kubeconfig, lab.prefix)
-
-
-def _ssh(lab: LabCluster) -> Ssh:
-    control = lab.state.root / "ssh" / "cm"
-    control.mkdir(parents=True, exist_ok=True)
-    options = ssh_options(control, lab.state.root / "ssh" / "known_hosts")
-    return Ssh(read_inventory(lab.state.inventory_file), lab.prefix, options)
 
 
 def test_verify_passes_every_check_on_the_default_lab(lab_cluster: LabCluster) -> None:
@@ -57,15 +50,14 @@ def test_verify_passes_every_check_on_the_default_lab(lab_cluster: LabCluster) -
 
 
 @pytest.fixture
-def stopped_scheduler(lab_cluster: LabCluster) -> Iterator[str]:
-    ssh = _ssh(lab_cluster)
+def stopped_scheduler(lab_cluster: LabCluster, lab_ssh: Ssh) -> Iterator[str]:
     master = lab_cluster.cluster.masters[0].name
-    ssh.run(master, "systemctl stop kube-scheduler")
+    lab_ssh.run(master, "systemctl stop kube-scheduler")
     yield master
-    ssh.run(master, "systemctl start kube-scheduler")
+    lab_ssh.run(master, "systemctl start kube-scheduler")
 
     def active() -> None:
-        state = ssh.run(master, "systemctl is-active kube-scheduler", check=False).stdout.decode().strip()
+        state = lab_ssh.run(master, "systemctl is-active kube-scheduler", check=False).stdout.decode().strip()
         assert state == "active", state
 
     wait_for("kube-scheduler active again", active, 120)
