@@ -3,10 +3,12 @@
     .venv/bin/python bench/lifecycle.py [--skip-verify] [--json FILE]
 
 Steps: artifacts (warm), box (warm), machines up, cluster converge, idempotent re-run, verify, scale +1
-worker, scale -1 worker, destroy. Floor: raw VM boot to SSH (plain QEMU, 1 VM and 3 together) and the
-start of the binaries on a booted node. Runs on a copy of the default spec named `bench`, so it never
-touches the `lab` cluster's state; holds /tmp/provisioner-lab.lock while VMs run. Prints a table and
-writes a JSON copy. A script whose figures we compare, not a timed test.
+worker (2 -> 3), scale -1 worker (3 -> 2), scale -1 worker (2 -> 1), destroy; after each scale step the
+checks in AFTER_STEP run again (hosts, nodes Ready, system pods, DNS). Floor: raw VM boot to SSH (plain
+QEMU, 1 VM and 3 together) and the start of the binaries on a booted node. Runs on a copy of the default
+spec named `bench`, so it never touches the `lab` cluster's state; holds /tmp/provisioner-lab.lock while
+VMs run, and destroys the bench cluster at the end even when a step failed. Prints a table and keeps a
+JSON copy up to date after every step. A script whose figures we compare, not a timed test.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machines import boot_floor
 
 from provisioner import artifacts, box, lifecycle, paths, providers, scaling, spec, verify
+from provisioner.cli.render import cli_bus
 from provisioner.events import EventBus
 from provisioner.state import State
 
@@ -40,21 +43,39 @@ START_PROBES = {
 }
 
 
+# What must hold after every scale step: the hosts' services, every worker Ready, system pods, Service DNS.
+AFTER_STEP = ["hosts", "nodes-ready", "system-pods", "dns"]
+
+
 class Bench:
-    def __init__(self) -> None:
+    """Rows of (step, seconds, note); the JSON copy is rewritten after every row, so a run that dies
+    part-way keeps the figures it had."""
+
+    def __init__(self, json_path: Path) -> None:
         self.rows: list[tuple[str, float, str]] = []
+        self.json_path = json_path
+
+    def note(self, text: str) -> None:
+        self.rows[-1] = (*self.rows[-1][:2], text)
+        self.save()
+
+    def save(self) -> None:
+        rows = [{"step": n, "seconds": round(s, 1), "note": t} for n, s, t in self.rows]
+        self.json_path.write_text(json.dumps(rows, indent=2) + "\n")
 
     def step(self, name: str, fn: Callable[[], Any], note: str = "") -> Any:
         started = time.monotonic()
         value = fn()
         seconds = time.monotonic() - started
         self.rows.append((name, seconds, note))
-        print(f"{name:<34} {seconds:8.1f} s  {note}", flush=True)
+        self.save()
+        print(f"BENCH {name:<34} {seconds:8.1f} s  {note}", flush=True)
         return value
 
     def add(self, name: str, seconds: float, note: str = "") -> None:
         self.rows.append((name, seconds, note))
-        print(f"{name:<34} {seconds:8.1f} s  {note}", flush=True)
+        self.save()
+        print(f"BENCH {name:<34} {seconds:8.1f} s  {note}", flush=True)
 
 
 def bench_spec(folder: Path) -> Path:
@@ -84,13 +105,25 @@ def binary_start(cluster: spec.Cluster, state: State) -> float:
     return total
 
 
+def after_step(bench: Bench, path: Path, state: State, bus: EventBus, skip: bool) -> None:
+    """The checks that must hold after every scale step (the whole suite runs once, after converge)."""
+    if skip:
+        return
+    workers = len(spec.load(path).workers)
+    report = bench.step(
+        f"  verify after ({workers} worker(s))", lambda: verify.run(spec.load(path), state, bus, select=AFTER_STEP)
+    )
+    failed = "; ".join(f"{r.check}: {r.detail}" for r in report.failed)
+    bench.note(f"{len(report.results)} rows, {len(report.failed)} failed {failed}".strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-verify", action="store_true", help="leave out the verify step")
     parser.add_argument("--json", type=Path, default=Path("bench-lifecycle.json"), help="where to write the JSON")
     args = parser.parse_args()
-    bench = Bench()
-    bus = EventBus()
+    bench = Bench(args.json)
+    bus, _ = cli_bus()  # phase, task, host and elapsed time on the terminal while it runs
 
     with tempfile.TemporaryDirectory() as tmp:
         path = bench_spec(Path(tmp))
@@ -100,31 +133,47 @@ def main() -> None:
         built = bench.step("box (warm)", lambda: box.build(bus))
         with LOCK.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            bench.add("floor: raw boot to SSH, 1 VM", boot_floor(built, 1))
-            bench.add("floor: raw boot to SSH, 3 VMs", boot_floor(built, 3))
-            provider = providers.for_cluster(cluster, state, bus)
-            bench.step("machines up (1+2)", provider.create)
-            bench.add("floor: binary start on a node", binary_start(cluster, state))
-            first = bench.step("cluster converge", lambda: lifecycle.up(cluster, state, bus))
-            again = bench.step("idempotent re-run", lambda: lifecycle.up(cluster, state, bus))
-            bench.rows[-1] = (*bench.rows[-1][:2], f"{again.changed} changed (first run: {first.changed})")
-            if not args.skip_verify:
-                report = bench.step("verify", lambda: verify.run(cluster, state, bus))
-                bench.rows[-1] = (*bench.rows[-1][:2], f"{len(report.failed)} failed")
-            grown = bench.step("scale +1 worker", lambda: scaling.scale(path, 3, bus))
-            untouched = {h: c for h, c in grown.changed_per_host.items() if h not in grown.plan.added}
-            bench.rows[-1] = (*bench.rows[-1][:2], f"changed on existing nodes: {untouched or 'none ran'}")
-            bench.step("scale -1 worker", lambda: scaling.scale(path, 2, bus))
-            bench.step("destroy", lambda: lifecycle.destroy(spec.load(path), state, bus))
+            try:
+                lifecycle_steps(bench, path, built, bus, args.skip_verify)
+            finally:
+                # nothing of the bench cluster outlives the run, even when a step failed
+                lifecycle.destroy(spec.load(path), state, EventBus())
 
     print()
     print(f"{'step':<34} {'seconds':>8}  note")
     for name, seconds, note in bench.rows:
         print(f"{name:<34} {seconds:8.1f}  {note}")
-    args.json.write_text(
-        json.dumps([{"step": n, "seconds": round(s, 1), "note": t} for n, s, t in bench.rows], indent=2)
-    )
     print(f"JSON: {args.json}")
+
+
+def lifecycle_steps(bench: Bench, path: Path, built: Path, bus: EventBus, skip_verify: bool) -> None:
+    cluster = spec.load(path)
+    state = State.for_cluster(cluster.name)
+    bench.add("floor: raw boot to SSH, 1 VM", boot_floor(built, 1))
+    bench.add("floor: raw boot to SSH, 3 VMs", boot_floor(built, 3))
+    provider = providers.for_cluster(cluster, state, bus)
+    bench.step("machines up (1+2)", provider.create)
+    bench.add("floor: binary start on a node", binary_start(cluster, state))
+    first = bench.step("cluster converge", lambda: lifecycle.up(cluster, state, bus))
+    bench.note(f"changed per host: {per_host(first)}")
+    again = bench.step("idempotent re-run", lambda: lifecycle.up(cluster, state, bus))
+    bench.note(f"changed per host: {per_host(again)}")
+    if not skip_verify:
+        report = bench.step("verify (every check)", lambda: verify.run(cluster, state, bus))
+        failed = "; ".join(f"{r.check}: {r.detail}" for r in report.failed)
+        bench.note(f"{len(report.results)} rows, {len(report.failed)} failed {failed}".strip())
+    grown = bench.step("scale +1 worker (2 -> 3)", lambda: scaling.scale(path, 3, bus))
+    bench.note(f"changed per host in the run: {grown.changed_per_host}")
+    after_step(bench, path, state, bus, skip_verify)
+    bench.step("scale -1 worker (3 -> 2)", lambda: scaling.scale(path, 2, bus))
+    after_step(bench, path, state, bus, skip_verify)
+    bench.step("scale -1 worker (2 -> 1)", lambda: scaling.scale(path, 1, bus))
+    after_step(bench, path, state, bus, skip_verify)
+    bench.step("destroy", lambda: lifecycle.destroy(spec.load(path), state, bus))
+
+
+def per_host(result: lifecycle.UpResult) -> dict[str, int]:
+    return {name: stats.changed for name, stats in result.run.hosts.items()}
 
 
 if __name__ == "__main__":

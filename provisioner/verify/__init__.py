@@ -104,6 +104,8 @@ def run(cluster: Cluster, state: State, bus: EventBus, select: Sequence[str] | N
         if check.id in chosen:
             report.results.append(_run_check(lab, check, bus))
             report.write_json(run_dir / "report.json")  # a partial report survives an interrupted run
+    if lab.deleting:
+        report.results.append(_run_check(lab, cluster_checks.CLEANUP, bus))
 
     report.files.insert(0, str(report.write_json(run_dir / "report.json")))
     return report
