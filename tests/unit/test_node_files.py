@@ -87,7 +87,7 @@ def test_files_are_copied_once_and_a_changed_file_is_replaced(tmp_path: Path) ->
 
 
 def _module() -> ModuleType:
-    path = paths.REPO_ROOT / "playbooks" / "roles" / "node_files" / "library" / "installed_sums.py"
+    path = paths.REPO_ROOT / "playbooks" / "library" / "installed_sums.py"
     spec = importlib.util.spec_from_file_location("installed_sums", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -102,7 +102,7 @@ def test_the_sums_cache_rehashes_only_files_whose_stat_changed(tmp_path: Path) -
     b.write_bytes(b"beta\n")
     files = [str(a), str(b), missing]
 
-    sums, cache, hashed = mod.installed_sums(files, {})
+    sums, cache, hashed, _ = mod.installed_sums(files, {})
     assert hashed == 2
     assert sums == {
         str(a): hashlib.sha256(b"alpha\n").hexdigest(),
@@ -110,18 +110,32 @@ def test_the_sums_cache_rehashes_only_files_whose_stat_changed(tmp_path: Path) -
         missing: None,
     }
 
-    again, cache, hashed = mod.installed_sums(files, cache)
+    again, cache, hashed, _ = mod.installed_sums(files, cache)
     assert (again, hashed) == (sums, 0)
 
     # Same size, mtime put back by hand: the ctime still moves, so the change is seen.
     st = a.stat()
     a.write_bytes(b"ALPHA\n")
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
-    changed, cache, hashed = mod.installed_sums(files, cache)
+    changed, cache, hashed, _ = mod.installed_sums(files, cache)
     assert hashed == 1
     assert changed[str(a)] == hashlib.sha256(b"ALPHA\n").hexdigest()
 
     # A sum handed in as known (a verified copy just wrote the file) is recorded without reading it.
     b.write_bytes(b"gamma\n")
-    told, cache, hashed = mod.installed_sums(files, cache, {str(b): "f" * 64})
+    told, cache, hashed, _ = mod.installed_sums(files, cache, {str(b): "f" * 64})
     assert (told[str(b)], hashed) == ("f" * 64, 0)
+
+
+def test_the_sums_probe_reports_mode_and_owner(tmp_path: Path) -> None:
+    """A copy is skipped only when content, mode and owner all match: a key made world-readable shows."""
+    mod = _module()
+    key = tmp_path / "key"
+    key.write_bytes(b"secret\n")
+    key.chmod(0o600)
+    owner = f"{os.getuid()}:{os.getgid()}"
+    _, _, _, attrs = mod.installed_sums([str(key), str(tmp_path / "missing")], {})
+    assert attrs == {str(key): f"0600:{owner}", str(tmp_path / "missing"): None}
+    key.chmod(0o644)
+    _, _, _, attrs = mod.installed_sums([str(key)], {})
+    assert attrs[str(key)] == f"0644:{owner}"
