@@ -1,6 +1,6 @@
 """The whole lifecycle of the default lab, one figure per step, with the floor measured in the same run.
 
-    .venv/bin/python bench/lifecycle.py [--skip-verify] [--json FILE]
+    .venv/bin/python bench/lifecycle.py [--skip-verify | --floor-only] [--json FILE]
 
 Steps: artifacts (warm), box (warm), machines up, cluster converge, idempotent re-run, verify, scale +1
 worker (2 -> 3), scale -1 worker (3 -> 2), scale -1 worker (2 -> 1), destroy; after each scale step the
@@ -36,13 +36,12 @@ from provisioner.events import EventBus
 from provisioner.state import State
 
 LOCK = Path("/tmp/provisioner-lab.lock")
-# Binaries whose start-up is timed on a booted node: one per role, the node's own heaviest starters.
+# Binaries whose start-up is timed on a freshly booted node: the heaviest starters of each role.
 START_PROBES = {
-    "master": ["/usr/local/bin/etcd --version", "/usr/local/bin/kube-apiserver --version"],
-    "worker": ["/usr/local/bin/kubelet --version", "/usr/local/bin/containerd --version"],
+    "master": ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
+    "worker": ["containerd", "kubelet", "kube-proxy"],
 }
-
-
+FLOOR_DIR = "/var/tmp/provisioner-floor"
 # What must hold after every scale step: the hosts' services, every worker Ready, system pods, Service DNS.
 AFTER_STEP = ["hosts", "nodes-ready", "system-pods", "dns"]
 
@@ -86,23 +85,38 @@ def bench_spec(folder: Path) -> Path:
     return path
 
 
-def binary_start(cluster: spec.Cluster, state: State) -> float:
-    """Seconds for the heaviest binaries to start and print their version, on one node of each role."""
+def binary_start(cluster: spec.Cluster, state: State) -> tuple[float, str]:
+    """Seconds for the slowest binary to start and print its version on a booted node, and each binary's.
+
+    The binaries are first copied from the artifact set into a scratch directory on one node of each role
+    (not timed), so this runs on the fresh machines, before any playbook, and measures only the start.
+    """
     provider = providers.for_cluster(cluster, state, EventBus())
     prefix = provider.command_prefix()
     hosts = {h.role: h for h in provider.hosts()}
-    total = 0.0
-    for role, commands in START_PROBES.items():
-        host = hosts[role]
-        ssh = host.ssh_argv(state.root / "ssh" / "known_hosts", prefix)
-        # time measured inside the node, so SSH connection set-up is not counted
-        script = "; ".join(f"s=$(date +%s.%N); {c} >/dev/null; e=$(date +%s.%N); echo $e $s" for c in commands)
-        result = subprocess.run([*ssh, script], capture_output=True, text=True, check=True, timeout=300)
-        for line in result.stdout.split("\n"):
-            if line.strip():
-                end, begin = (float(x) for x in line.split())
-                total = max(total, end - begin)
-    return total
+    bin_dir = artifacts.artifact_set(cluster).bin
+    seconds: dict[str, float] = {}
+    for role, names in START_PROBES.items():
+        ssh = hosts[role].ssh_argv(state.root / "ssh" / "known_hosts", prefix)
+        for name in names:
+            with (bin_dir / name).open("rb") as source:
+                subprocess.run(
+                    [*ssh, f"mkdir -p {FLOOR_DIR} && cat > {FLOOR_DIR}/{name} && chmod 0755 {FLOOR_DIR}/{name}"],
+                    stdin=source,
+                    check=True,
+                    timeout=600,
+                )
+        # timed inside the node, so SSH set-up is not counted; set -e: a binary that fails to run fails the step
+        script = "set -e; " + "; ".join(
+            f"s=$(date +%s.%N); {FLOOR_DIR}/{n} --version >/dev/null; e=$(date +%s.%N); echo {n} $s $e" for n in names
+        )
+        result = subprocess.run([*ssh, f"{script}; rm -rf {FLOOR_DIR}"], capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise RuntimeError(f"binary start on {hosts[role].name} failed: {result.stderr.strip()}")
+        for line in result.stdout.splitlines():
+            name, begin, end = line.split()
+            seconds[name] = float(end) - float(begin)
+    return max(seconds.values()), ", ".join(f"{n} {t:.2f}s" for n, t in seconds.items())
 
 
 def after_step(bench: Bench, path: Path, state: State, bus: EventBus, skip: bool) -> None:
@@ -120,6 +134,7 @@ def after_step(bench: Bench, path: Path, state: State, bus: EventBus, skip: bool
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-verify", action="store_true", help="leave out the verify step")
+    parser.add_argument("--floor-only", action="store_true", help="only the floor: boot, machines, binary start")
     parser.add_argument("--json", type=Path, default=Path("bench-lifecycle.json"), help="where to write the JSON")
     args = parser.parse_args()
     bench = Bench(args.json)
@@ -134,7 +149,7 @@ def main() -> None:
         with LOCK.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                lifecycle_steps(bench, path, built, bus, args.skip_verify)
+                lifecycle_steps(bench, path, built, bus, args.skip_verify, args.floor_only)
             finally:
                 # nothing of the bench cluster outlives the run, even when a step failed
                 lifecycle.destroy(spec.load(path), state, EventBus())
@@ -146,14 +161,19 @@ def main() -> None:
     print(f"JSON: {args.json}")
 
 
-def lifecycle_steps(bench: Bench, path: Path, built: Path, bus: EventBus, skip_verify: bool) -> None:
+def lifecycle_steps(
+    bench: Bench, path: Path, built: Path, bus: EventBus, skip_verify: bool, floor_only: bool = False
+) -> None:
     cluster = spec.load(path)
     state = State.for_cluster(cluster.name)
     bench.add("floor: raw boot to SSH, 1 VM", boot_floor(built, 1))
     bench.add("floor: raw boot to SSH, 3 VMs", boot_floor(built, 3))
     provider = providers.for_cluster(cluster, state, bus)
     bench.step("machines up (1+2)", provider.create)
-    bench.add("floor: binary start on a node", binary_start(cluster, state))
+    slowest, each = binary_start(cluster, state)
+    bench.add("floor: binary start on a node", slowest, each)
+    if floor_only:
+        return
     first = bench.step("cluster converge", lambda: lifecycle.up(cluster, state, bus))
     bench.note(f"changed per host: {per_host(first)}")
     again = bench.step("idempotent re-run", lambda: lifecycle.up(cluster, state, bus))
