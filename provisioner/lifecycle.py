@@ -126,8 +126,8 @@ def up(
     # Artifacts first: a build that cannot succeed should fail before any machine exists.
     aset = ensure_artifacts(cluster, bus, source=artifact_source)
     provider = providers.for_cluster(cluster, state, bus)
-    provider.create([cluster.node(name) for name in limit] if limit else None)
-    hosts = provider.hosts()
+    # create() already read every machine's SSH details: asking Vagrant again costs seconds of Ruby
+    hosts = provider.create([cluster.node(name) for name in limit] if limit else None)
     prefix = provider.command_prefix()
     checked = [h for h in hosts if not limit or h.name in limit]
     with Phase(bus, "preflight", f"{len(checked)} host(s)"):

@@ -58,8 +58,9 @@ class Provider(abc.ABC):
         self.bus = bus
 
     @abc.abstractmethod
-    def create(self, nodes: list[Node] | None = None) -> None:
-        """Bring the given nodes (default: all in the spec) up and reachable by SSH."""
+    def create(self, nodes: list[Node] | None = None) -> list[HostConnection]:
+        """Bring the given nodes (default: all in the spec) up and reachable by SSH; return the SSH details
+        of every node that exists now (what `hosts()` would say, without asking the machines again)."""
 
     @abc.abstractmethod
     def destroy(self, nodes: list[Node] | None = None) -> None:

@@ -37,10 +37,11 @@ class StaticHosts(Provider):
         names = {n.name for n in nodes} if nodes else None
         return [self._connection(n) for n in self.cluster.spec.nodes if names is None or n.name in names]
 
-    def create(self, nodes: list[Node] | None = None) -> None:
+    def create(self, nodes: list[Node] | None = None) -> list[HostConnection]:
         hosts = self._selected(nodes)
         with Phase(self.bus, "machines", f"{len(hosts)} static host(s)"):
             preflight.check(hosts, self.command_prefix())
+        return self.hosts()
 
     def destroy(self, nodes: list[Node] | None = None) -> None:
         with Phase(self.bus, "destroy", "static hosts are not the provisioner's to remove; left as they are"):

@@ -211,7 +211,7 @@ class VagrantLab(Provider):
 
     # --- create -------------------------------------------------------------------------------------
 
-    def create(self, nodes: list[Node] | None = None) -> None:
+    def create(self, nodes: list[Node] | None = None) -> list[HostConnection]:
         targets = nodes or list(self.cluster.spec.nodes)
         with Phase(self.bus, "machines", f"{len(targets)} VM(s), {self.accelerator}") as phase:
             _require_vagrant(self.provider.backend)
@@ -238,6 +238,7 @@ class VagrantLab(Provider):
             raise MachineError(
                 ", ".join(sorted(missing)), "Vagrant reports no SSH details after `up`", self._console_hint(missing)
             )
+        return hosts
 
     def _check_subnets(self) -> None:
         subnet = self.cluster.spec.network.node_subnet
