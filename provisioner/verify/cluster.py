@@ -151,6 +151,9 @@ def scratch_namespace(lab: Lab, check: str) -> Iterator[str]:
 
 
 CLEANUP_TIMEOUT = 600.0
+# How long a restarted apiserver may take to be ready again: the same bound `up` gives it to start
+# (control_plane_start_timeout). On an emulated master its post-start hooks alone took 119 s to 240+ s.
+RESTART_READY_TIMEOUT = 420.0
 
 
 def check_cleanup(lab: Lab) -> str:
@@ -542,7 +545,7 @@ def _wait_cluster_answers(lab: Lab, unit: str, node: str) -> None:
         if proc.returncode != 0 or proc.stdout.strip() != "ok":
             raise NotYet(f"/readyz: {_failing_checks(proc.stdout + proc.stderr)}")
 
-    wait_for("the apiserver's /readyz to answer ok", readyz, 240, interval=3)
+    wait_for("the apiserver's /readyz to answer ok", readyz, RESTART_READY_TIMEOUT, interval=3)
     if unit in WORKER_DAEMONS:
 
         def node_ready() -> None:
