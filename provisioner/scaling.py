@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner import lifecycle, providers, spec, spec_edit
+from provisioner import inventory, lifecycle, providers, spec, spec_edit
 from provisioner.artifacts import artifact_set
 from provisioner.errors import MachineError
 from provisioner.events import EventBus, Phase
@@ -35,12 +35,21 @@ def scale(path: Path, workers: int, bus: EventBus, *, strategy: str | None = Non
     if to_remove:
         _remove_workers(cluster, state, bus, to_remove)
     plan = spec_edit.set_worker_count(path, workers)
+    if to_remove:
+        write_inventory(path, state, bus)
     result = ScaleResult(plan)
     if to_add:
         grown = spec.load(path)
         up = lifecycle.up(grown, state, bus, strategy=strategy, limit=[e["name"] for e in to_add])
         result.changed_per_host = {name: stats.changed for name, stats in up.run.hosts.items()}
     return result
+
+
+def write_inventory(path: Path, state: State, bus: EventBus) -> None:
+    """The generated inventory and group vars again, from the spec as it is now: verify, drift and the
+    host checks read them, and must not go looking for the workers that were just removed."""
+    cluster = spec.load(path)
+    inventory.write(cluster, state, providers.for_cluster(cluster, state, bus).hosts(), artifact_set(cluster).root)
 
 
 def _remove_workers(cluster: spec.Cluster, state: State, bus: EventBus, names: list[str]) -> None:

@@ -6,9 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from provisioner import paths, spec, spec_edit
+from provisioner import paths, scaling, spec, spec_edit
 from provisioner.errors import SpecError
+from provisioner.events import EventBus
+from provisioner.state import State
+from provisioner.verify.kube import read_inventory
 
 
 @pytest.fixture
@@ -57,3 +61,23 @@ def test_reused_name_after_scale_down_keeps_pod_cidr_unique(spec_file: Path) -> 
     spec_edit.set_worker_count(spec_file, 2)
     cluster = spec.load(spec_file)
     assert len(set(cluster.pod_cidrs.values())) == len(cluster.spec.nodes)
+
+
+def test_after_scale_down_the_generated_inventory_names_only_the_nodes_left(spec_file: Path, tmp_path: Path) -> None:
+    """verify reads the generated inventory: removed workers must be gone from it (the bench found host
+    checks failing with "No route to host" against workers that had been scaled away)."""
+    key = tmp_path / "id_ed25519"
+    key.write_text("not a real key\n")
+    data = yaml.safe_load(spec_file.read_text())
+    data["spec"]["provider"] = {"type": "static"}
+    data["spec"]["nodes"].append({**data["spec"]["nodes"][-1], "name": "worker-3", "address": "192.168.56.13"})
+    for node in data["spec"]["nodes"]:
+        node["ssh"] = {"user": "root", "key": str(key)}
+    spec_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    state = State(tmp_path / "state").ensure()
+    scaling.write_inventory(spec_file, state, EventBus())
+    assert sorted(read_inventory(state.inventory_file)) == ["master", "worker-1", "worker-2", "worker-3"]
+
+    spec_edit.set_worker_count(spec_file, 1)
+    scaling.write_inventory(spec_file, state, EventBus())
+    assert sorted(read_inventory(state.inventory_file)) == ["master", "worker-1"]
