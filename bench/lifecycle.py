@@ -127,8 +127,7 @@ def after_step(bench: Bench, path: Path, state: State, bus: EventBus, skip: bool
     report = bench.step(
         f"  verify after ({workers} worker(s))", lambda: verify.run(spec.load(path), state, bus, select=AFTER_STEP)
     )
-    failed = "; ".join(f"{r.check}: {r.detail}" for r in report.failed)
-    bench.note(f"{len(report.results)} rows, {len(report.failed)} failed {failed}".strip())
+    bench.note(summary(report))
 
 
 def main() -> None:
@@ -180,8 +179,7 @@ def lifecycle_steps(
     bench.note(f"changed per host: {per_host(again)}")
     if not skip_verify:
         report = bench.step("verify (every check)", lambda: verify.run(cluster, state, bus))
-        failed = "; ".join(f"{r.check}: {r.detail}" for r in report.failed)
-        bench.note(f"{len(report.results)} rows, {len(report.failed)} failed {failed}".strip())
+        bench.note(summary(report))
     grown = bench.step("scale +1 worker (2 -> 3)", lambda: scaling.scale(path, 3, bus))
     bench.note(f"changed per host in the run: {grown.changed_per_host}")
     after_step(bench, path, state, bus, skip_verify)
@@ -190,6 +188,11 @@ def lifecycle_steps(
     bench.step("scale -1 worker (2 -> 1)", lambda: scaling.scale(path, 1, bus))
     after_step(bench, path, state, bus, skip_verify)
     bench.step("destroy", lambda: lifecycle.destroy(spec.load(path), state, bus))
+
+
+def summary(report: verify.VerifyReport) -> str:
+    failed = "; ".join(f"{r.check}: {r.detail}" for r in report.failed)
+    return f"{len(report.results)} rows, {len(report.failed)} failed {failed}".strip()
 
 
 def per_host(result: lifecycle.UpResult) -> dict[str, int]:

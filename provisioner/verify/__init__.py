@@ -110,7 +110,6 @@ def run(cluster: Cluster, state: State, bus: EventBus, select: Sequence[str] | N
                 # Kills and a shutdown start from a settled cluster: the namespaces of the checks before
                 # them are deleted first, so their teardown is neither slowed nor blamed on the kill.
                 report.results.append(_run_check(lab, cluster_checks.CLEANUP, bus))
-                lab.deleting = []
             report.results.append(_run_check(lab, check, bus))
             report.write_json(run_dir / "report.json")  # a partial report survives an interrupted run
     if lab.deleting:

@@ -157,8 +157,8 @@ RESTART_READY_TIMEOUT = 420.0
 
 
 def check_cleanup(lab: Lab) -> str:
-    """Wait until every scratch namespace the checks deleted is gone."""
-    asked = list(lab.deleting)
+    """Wait until every scratch namespace the checks deleted so far is gone; they are not waited on again."""
+    asked, lab.deleting = list(lab.deleting), []
     started = time.monotonic()
 
     def probe() -> str:
