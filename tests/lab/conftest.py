@@ -41,12 +41,13 @@ class LabSession:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Machine tests first: they create and destroy a lab of their own (same namespace name), which
     must be over before this session's shared lab comes up. Both hold the one session-wide lab lock.
-    The reset test last: the cluster is gone after it."""
+    The scale test after the others (it changes the workers, and ends back at the default shape), then
+    the reset test last: the cluster is gone after it."""
     lab_dir = Path(__file__).parent
 
     def key(item: pytest.Item) -> tuple[int, int]:
         in_lab = lab_dir in item.path.parents
-        order = {"test_machines.py": 0, "test_reset.py": 2}  # reset takes the cluster away: last
+        order = {"test_machines.py": 0, "test_scale.py": 2, "test_reset.py": 3}  # reset takes the cluster away: last
         return (int(in_lab), order.get(item.path.name, 1))
 
     items.sort(key=key)
