@@ -354,7 +354,8 @@ class VagrantLab(Provider):
         if not (self.state.vagrant_dir / "dotfiles").is_dir() or not self._lab_reachable():
             return {}
         self._write_lab_files()
-        return {s.name: s.state for s in self._vagrant().status()}
+        # Vagrant's machine-readable names ("not_created") read as this tool's ("not created")
+        return {s.name: s.state.replace("_", " ") for s in self._vagrant().status()}
 
     def _lab_reachable(self) -> bool:
         return self.namespace.running() if self.isolated else True
