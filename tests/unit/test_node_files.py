@@ -141,8 +141,10 @@ def test_a_fetched_file_that_does_not_match_the_manifest_fails_the_run(tmp_path:
     (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
     with pytest.raises(PlaybookError) as failed:
         _run(state, server)
-    assert "bin/tool-b: The checksum for" in str(failed.value) and "did not match" in str(failed.value)
-    assert not (node / "bin" / "tool-b").exists()
+    assert "bin/tool-b: downloaded from" in str(failed.value)
+    assert f"the manifest says {host['artifact_checksums']['bin/tool-b']}" in str(failed.value)
+    # All or nothing: not even the files that matched were installed, and no temporary file is left.
+    assert sorted(p.name for p in node.rglob("*") if p.is_file()) == []
 
 
 def test_the_server_serves_only_what_the_manifest_lists(tmp_path: Path, server: str) -> None:
