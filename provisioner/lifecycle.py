@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import yaml
 from provisioner import inventory, pki, preflight, providers, runner
 from provisioner.artifacts import ArtifactSet, artifact_set
 from provisioner.artifacts import ensure as ensure_artifacts
+from provisioner.artifacts.serve import serving
 from provisioner.errors import ProvisionerError
 from provisioner.events import Event, EventBus, Phase, PhaseFinished
 from provisioner.spec import Cluster, StaticProvider
@@ -136,14 +138,18 @@ def up(
         inventory.write(cluster, state, hosts, aset.root)
         made = pki.ensure(cluster, state)
         phase.progress(f"{len(made.issued)} issued, {len(made.reused)} reused")
-    run = runner.run_playbook(
-        state,
-        bus,
-        prefix=prefix,
-        strategy_name=strategy,
-        limit=",".join(limit) if limit else None,
-        host_key_checking=isinstance(cluster.spec.provider, StaticProvider),
-    )
+    server = provider.artifact_server_address()
+    with serving(aset.root, server, state.root / "artifact-server.log", prefix) if server else nullcontext() as url:
+        run = runner.run_playbook(
+            state,
+            bus,
+            prefix=prefix,
+            # The nodes fetch binaries and images from it (far faster than a push over SSH under emulation).
+            extravars={"artifacts_url": url} if url else None,
+            strategy_name=strategy,
+            limit=",".join(limit) if limit else None,
+            host_key_checking=isinstance(cluster.spec.provider, StaticProvider),
+        )
     with Phase(bus, "admin kubeconfig", str(state.kubeconfig)):
         _install_admin_kubeconfig(state)
         _wait_for_api(prefix, aset.bin / "kubectl", state.kubeconfig, cluster)

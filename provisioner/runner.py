@@ -94,6 +94,11 @@ def phase_of(play_name: str) -> str:
 
 def _message(res: Mapping[str, Any]) -> str:
     """The most useful one-line-or-few explanation Ansible gave for a failed task."""
+    # A loop's own msg says only "One or more items failed": the failed item says what and why.
+    for item in res.get("results") or []:
+        if isinstance(item, dict) and item.get("failed"):
+            label = item.get("_ansible_item_label", item.get("item"))
+            return f"{label}: {_message(item)}" if label is not None else _message(item)
     parts: list[str] = []
     for key in ("msg", "stderr", "module_stderr", "stdout"):
         value = res.get(key)
@@ -101,10 +106,6 @@ def _message(res: Mapping[str, Any]) -> str:
             parts.append(value.strip())
         if key == "stderr" and parts:
             break
-    if not parts and isinstance(res.get("results"), list):
-        for item in res["results"]:
-            if isinstance(item, dict) and item.get("failed"):
-                return _message(item)
     return "\n".join(parts) or "no message"
 
 

@@ -77,3 +77,8 @@ class Provider(abc.ABC):
     def command_prefix(self) -> list[str]:
         """Prefix for commands that must talk to the lab (e.g. `ip netns exec NAME`); empty if none."""
         return []
+
+    def artifact_server_address(self) -> str | None:
+        """Where the admin machine can serve artifacts over HTTP to every node (under the command prefix);
+        None: push them over SSH instead (static hosts: no port of ours is assumed reachable from them)."""
+        return None

@@ -148,6 +148,11 @@ class VagrantLab(Provider):
     def command_prefix(self) -> list[str]:
         return self.namespace.prefix if self.isolated else []
 
+    def artifact_server_address(self) -> str:
+        # The host's own address on the management network, which libvirt gives the bridge: every VM has
+        # a leg there (Vagrant's SSH goes through it), and it has no route out.
+        return str(next(MANAGEMENT_SUBNET.hosts()))
+
     def run_in_lab(
         self, command: list[str], timeout: float | None = 120, check: bool = True
     ) -> subprocess.CompletedProcess[str]:

@@ -7,12 +7,19 @@ import importlib.util
 import json
 import os
 import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import yaml
 
 from provisioner import paths, runner
+from provisioner.artifacts import serve
+from provisioner.errors import PlaybookError, ProvisionerError
 from provisioner.events import EventBus
 from provisioner.state import State
 
@@ -41,14 +48,39 @@ def _artifacts(root: Path) -> dict[str, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
         sums[rel] = hashlib.sha256(content).hexdigest()
+    files = [{"path": rel, "sha256": sha} for rel, sha in sums.items()]
+    (root / "manifest.json").write_text(json.dumps({"files": files}))
     return sums
 
 
-def _run(state: State) -> runner.RunResult:
-    return runner.run_playbook(state, EventBus(), playbook=state.root / "site.yml", strategy_name="linear")
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """The artifact server `up` runs for the lab, here on loopback, serving tmp_path/artifacts."""
+    _artifacts(tmp_path / "artifacts")
+    httpd = serve.serve(tmp_path / "artifacts", "127.0.0.1")
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
 
 
-def test_files_are_copied_once_and_a_changed_file_is_replaced(tmp_path: Path) -> None:
+def _run(state: State, url: str | None) -> runner.RunResult:
+    return runner.run_playbook(
+        state,
+        EventBus(),
+        playbook=state.root / "site.yml",
+        strategy_name="linear",
+        extravars={"artifacts_url": url} if url else None,
+    )
+
+
+@pytest.mark.parametrize("transport", ["push", "fetch"])
+def test_files_are_installed_once_and_a_changed_file_is_replaced(
+    tmp_path: Path, transport: str, request: pytest.FixtureRequest
+) -> None:
+    """push: copy over the connection (static hosts); fetch: get_url from the artifact server (the lab)."""
+    url = request.getfixturevalue("server") if transport == "fetch" else None
     artifacts = tmp_path / "artifacts"
     node = tmp_path / "node"
     sums = _artifacts(artifacts)
@@ -56,7 +88,8 @@ def test_files_are_copied_once_and_a_changed_file_is_replaced(tmp_path: Path) ->
     host = {
         "ansible_connection": "local",
         "ansible_python_interpreter": sys.executable,
-        "artifacts_dir": str(artifacts),
+        # fetching must not need the admin's copy: point it nowhere, so a push would fail
+        "artifacts_dir": str(tmp_path / "nowhere" if url else artifacts),
         "artifact_checksums": sums,
         "node_files_bin_dir": str(node / "bin"),
         "node_files_cni_dir": str(node / "cni"),
@@ -67,16 +100,17 @@ def test_files_are_copied_once_and_a_changed_file_is_replaced(tmp_path: Path) ->
     (state.root / "site.yml").write_text(PLAYBOOK)
     (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
 
-    first = _run(state)
-    assert first.hosts["node"].changed >= 4  # directories, two binaries, the plugin, the image
+    first = _run(state, url)
+    assert first.hosts["node"].changed >= 2  # the directories, then the files (one looped task)
     assert (node / "bin" / "tool-b").read_bytes() == (artifacts / "bin" / "tool-b").read_bytes()
-    assert (node / "images" / "pause.tar").is_file()
+    assert oct((node / "bin" / "tool-b").stat().st_mode & 0o777) == "0o755"
+    assert oct((node / "images" / "pause.tar").stat().st_mode & 0o777) == "0o644"
 
-    again = _run(state)
+    again = _run(state, url)
     assert again.hosts["node"].changed == 0
 
     (node / "bin" / "tool-a").write_bytes(b"tampered\n")
-    repaired = _run(state)
+    repaired = _run(state, url)
     assert repaired.hosts["node"].changed == 1
     assert (node / "bin" / "tool-a").read_bytes() == (artifacts / "bin" / "tool-a").read_bytes()
 
@@ -84,6 +118,43 @@ def test_files_are_copied_once_and_a_changed_file_is_replaced(tmp_path: Path) ->
     cache = json.loads((node / "sums.json").read_text())
     assert {Path(p).name: e["sha256"] for p, e in cache.items()}["tool-a"] == sums["bin/tool-a"]
     assert len(cache) == 4
+
+
+def test_a_fetched_file_that_does_not_match_the_manifest_fails_the_run(tmp_path: Path, server: str) -> None:
+    """The server is not trusted: a served file whose sha256 differs from the manifest's is refused."""
+    node = tmp_path / "node"
+    sums = json.loads((tmp_path / "artifacts" / "manifest.json").read_text())["files"]
+    (tmp_path / "artifacts" / "bin" / "tool-b").write_bytes(b"#!/bin/sh\necho evil\n")
+    state = State(tmp_path / "state").ensure()
+    host = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "artifacts_dir": str(tmp_path / "artifacts"),
+        "artifact_checksums": {f["path"]: f["sha256"] for f in sums},
+        "node_files_bin_dir": str(node / "bin"),
+        "node_files_cni_dir": str(node / "cni"),
+        "node_files_image_dir": str(node / "images"),
+        "node_files_sums_cache": str(node / "sums.json"),
+    }
+    state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))
+    (state.root / "site.yml").write_text(PLAYBOOK)
+    (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
+    with pytest.raises(PlaybookError) as failed:
+        _run(state, server)
+    assert "bin/tool-b: downloaded from" in str(failed.value)
+    assert f"the manifest says {host['artifact_checksums']['bin/tool-b']}" in str(failed.value)
+    # All or nothing: not even the files that matched were installed, and no temporary file is left.
+    assert sorted(p.name for p in node.rglob("*") if p.is_file()) == []
+
+
+def test_the_server_serves_only_what_the_manifest_lists(tmp_path: Path, server: str) -> None:
+    (tmp_path / "artifacts" / "secret.key").write_bytes(b"not for the nodes\n")
+    with urllib.request.urlopen(f"{server}/bin/tool-a") as answer:
+        assert answer.read() == b"#!/bin/sh\necho a\n"
+    for path in ("/secret.key", "/manifest.json", "/bin/../secret.key", "/bin/"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server + path)
+        assert refused.value.code == 404, path
 
 
 def _module() -> ModuleType:
@@ -139,3 +210,21 @@ def test_the_sums_probe_reports_mode_and_owner(tmp_path: Path) -> None:
     key.chmod(0o644)
     _, _, _, attrs = mod.installed_sums([str(key)], {})
     assert attrs[str(key)] == f"0644:{owner}"
+
+
+def test_serving_runs_the_server_as_a_child_and_stops_it(tmp_path: Path) -> None:
+    """What `up` does for the lab (there under the namespace prefix; here on loopback, no prefix)."""
+    _artifacts(tmp_path / "artifacts")
+    with serve.serving(tmp_path / "artifacts", "127.0.0.1", tmp_path / "server.log") as url:
+        assert urllib.request.urlopen(f"{url}/cni/bridge").read() == b"bridge plugin\n"
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{url}/cni/bridge", timeout=5)
+
+
+def test_a_server_that_cannot_bind_names_the_address(tmp_path: Path) -> None:
+    _artifacts(tmp_path / "artifacts")
+    # TEST-NET-1 is on no interface here: binding fails at once, and nothing is sent anywhere.
+    with pytest.raises(ProvisionerError) as failed, serve.serving(tmp_path / "artifacts", "192.0.2.1", tmp_path / "x"):
+        pass
+    assert "artifact server on 192.0.2.1" in str(failed.value)
+    assert "Cannot assign requested address" in str(failed.value)
