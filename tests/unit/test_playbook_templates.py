@@ -16,6 +16,7 @@ import jinja2
 import pytest
 import yaml
 from ansible.plugins.filter.core import FilterModule as AnsibleCoreFilters
+from ansible.plugins.filter.mathstuff import FilterModule as AnsibleMathFilters
 
 from provisioner import inventory, paths, spec
 from provisioner.artifacts import image_names
@@ -52,9 +53,10 @@ def _context(cluster: spec.Cluster, host: str, tmp: Path) -> dict[str, Any]:
 
 
 def _with_ansible_filters(env: jinja2.Environment) -> jinja2.Environment:
-    """The filters Ansible adds to Jinja (regex_replace, ...), as the playbooks see them."""
+    """The filters Ansible adds to Jinja (regex_replace, zip, ...), as the playbooks see them."""
     # Jinja's own filters (default, ...) stay Jinja's: Ansible's versions expect its templar.
-    env.filters.update({k: f for k, f in AnsibleCoreFilters().filters().items() if k not in env.filters})
+    for plugins in (AnsibleCoreFilters(), AnsibleMathFilters()):
+        env.filters.update({k: f for k, f in plugins.filters().items() if k not in env.filters})
     return env
 
 
