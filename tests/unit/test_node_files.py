@@ -65,6 +65,26 @@ def server(tmp_path: Path) -> Iterator[str]:
     httpd.server_close()
 
 
+def _node(tmp_path: Path, artifacts_dir: Path, sums: dict[str, str]) -> State:
+    """A one-host inventory: this machine as the node (files under tmp_path/node), running PLAYBOOK."""
+    node = tmp_path / "node"
+    state = State(tmp_path / "state").ensure()
+    host = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "artifacts_dir": str(artifacts_dir),
+        "artifact_checksums": sums,
+        "node_files_bin_dir": str(node / "bin"),
+        "node_files_cni_dir": str(node / "cni"),
+        "node_files_image_dir": str(node / "images"),
+        "node_files_sums_cache": str(node / "sums.json"),
+    }
+    state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))
+    (state.root / "site.yml").write_text(PLAYBOOK)
+    (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
+    return state
+
+
 def _run(state: State, url: str | None) -> runner.RunResult:
     return runner.run_playbook(
         state,
@@ -79,26 +99,13 @@ def _run(state: State, url: str | None) -> runner.RunResult:
 def test_files_are_installed_once_and_a_changed_file_is_replaced(
     tmp_path: Path, transport: str, request: pytest.FixtureRequest
 ) -> None:
-    """push: copy over the connection (static hosts); fetch: get_url from the artifact server (the lab)."""
+    """push: copy over the connection (static hosts); fetch: fetch_artifacts from the artifact server (the lab)."""
     url = request.getfixturevalue("server") if transport == "fetch" else None
     artifacts = tmp_path / "artifacts"
     node = tmp_path / "node"
     sums = _artifacts(artifacts)
-    state = State(tmp_path / "state").ensure()
-    host = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        # fetching must not need the admin's copy: point it nowhere, so a push would fail
-        "artifacts_dir": str(tmp_path / "nowhere" if url else artifacts),
-        "artifact_checksums": sums,
-        "node_files_bin_dir": str(node / "bin"),
-        "node_files_cni_dir": str(node / "cni"),
-        "node_files_image_dir": str(node / "images"),
-        "node_files_sums_cache": str(node / "sums.json"),
-    }
-    state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))
-    (state.root / "site.yml").write_text(PLAYBOOK)
-    (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
+    # fetching must not need the admin's copy: point it nowhere, so a push would fail
+    state = _node(tmp_path, tmp_path / "nowhere" if url else artifacts, sums)
 
     first = _run(state, url)
     assert first.hosts["node"].changed >= 2  # the directories, then the files (one looped task)
@@ -125,24 +132,12 @@ def test_a_fetched_file_that_does_not_match_the_manifest_fails_the_run(tmp_path:
     node = tmp_path / "node"
     sums = json.loads((tmp_path / "artifacts" / "manifest.json").read_text())["files"]
     (tmp_path / "artifacts" / "bin" / "tool-b").write_bytes(b"#!/bin/sh\necho evil\n")
-    state = State(tmp_path / "state").ensure()
-    host = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        "artifacts_dir": str(tmp_path / "artifacts"),
-        "artifact_checksums": {f["path"]: f["sha256"] for f in sums},
-        "node_files_bin_dir": str(node / "bin"),
-        "node_files_cni_dir": str(node / "cni"),
-        "node_files_image_dir": str(node / "images"),
-        "node_files_sums_cache": str(node / "sums.json"),
-    }
-    state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))
-    (state.root / "site.yml").write_text(PLAYBOOK)
-    (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
+    manifest = {f["path"]: f["sha256"] for f in sums}
+    state = _node(tmp_path, tmp_path / "artifacts", manifest)
     with pytest.raises(PlaybookError) as failed:
         _run(state, server)
     assert "bin/tool-b: downloaded from" in str(failed.value)
-    assert f"the manifest says {host['artifact_checksums']['bin/tool-b']}" in str(failed.value)
+    assert f"the manifest says {manifest['bin/tool-b']}" in str(failed.value)
     # All or nothing: not even the files that matched were installed, and no temporary file is left.
     assert sorted(p.name for p in node.rglob("*") if p.is_file()) == []
 
