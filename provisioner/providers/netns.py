@@ -74,6 +74,17 @@ def run(
     return proc
 
 
+def forget_neighbour(prefix: list[str], address: str) -> None:
+    """Drop what the lab side remembers of `address`'s MAC: call it when the machine at that address goes.
+
+    A worker made again later gets the same address and a new MAC. Linux keeps the old neighbour entry
+    (no garbage collection below gc_thresh1, 128 entries; a bridge whose own MAC stays put, as libvirt
+    pins it, never flushes it), so the first connection from here would go to the old MAC and stall until
+    the kernel re-probes: a verify check's 10 s TLS handshake with a re-made worker timed out that way.
+    """
+    run(prefix, ["ip", "neigh", "flush", "to", address], check=False)
+
+
 class LabNamespace:
     """One cluster's namespace and its daemons; `root` holds the daemons' private directories."""
 

@@ -413,6 +413,8 @@ class VagrantLab(Provider):
                     for node in nodes:
                         phase.progress("vagrant destroy", node.name)
                         v.destroy(vm_name=node.name)
+                        if self.isolated:
+                            netns.forget_neighbour(self.command_prefix(), str(node.address))
                 return
             isolated = self.isolated
             if isolated and self.namespace.exists():

@@ -85,11 +85,12 @@ def missing_names(cert: CertFacts, dns: Iterable[str], ips: Iterable[str]) -> li
     return missing
 
 
-def served_certificate(address: str, port: int, timeout: float = 10) -> CertFacts:
+def served_certificate(address: str, port: int, timeout: float = 30) -> CertFacts:
     """The certificate a TLS endpoint presents, fetched without verifying it (we inspect, not trust).
 
     Endpoints that demand a client certificate (etcd) still show theirs: with TLS 1.3 the server's
-    certificate arrives before it asks for ours.
+    certificate arrives before it asks for ours. The bound covers TCP's SYN retries up to the one at
+    15 s: a handshake with a freshly made, busy emulated node timed out once at 10 s.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
