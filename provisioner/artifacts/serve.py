@@ -3,9 +3,10 @@
 Pushing a binary through Ansible's SSH connection ran at about 1 MB/s into a software-emulated VM
 (sshd's cipher and the remote Python both run emulated); a plain HTTP download into the same VM ran
 at about 12 MB/s. So for the lab, `up` starts this server inside the lab's network namespace, on the
-host's address of the management network, and the nodes fetch each file with get_url, checking it
-against the manifest's sha256. The server needs no trust and holds no secret: it serves only the files
-the manifest lists (binaries, CNI plugins, image archives; never the PKI), read-only, GET and HEAD.
+host's address of the management network, and each node fetches what it lacks in one call of
+playbooks/library/fetch_artifacts.py, which checks every file against the manifest's sha256. The
+server needs no trust and holds no secret: it serves only the files the manifest lists (binaries,
+CNI plugins, image archives; never the PKI), read-only, GET and HEAD.
 
 Run as `python -m provisioner.artifacts.serve ROOT ADDRESS`: it binds a free port, prints the port on
 one line, then serves until terminated. `serving()` is the context manager `up` uses.
@@ -41,7 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.files = files
         super().__init__(*args)  # type: ignore[arg-type]
 
-    def do_HEAD(self) -> None:  # the http.server naming
+    def do_HEAD(self) -> None:  # http.server dispatches on these names
         self._answer(body=False)
 
     def do_GET(self) -> None:
