@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machines import boot_floor
 
-from provisioner import artifacts, box, lifecycle, paths, providers, scaling, spec, verify
+from provisioner import artifacts, box, hosts, lifecycle, paths, providers, scaling, spec, verify
 from provisioner.cli.render import cli_bus
 from provisioner.events import EventBus
 from provisioner.state import State
@@ -93,11 +93,13 @@ def binary_start(cluster: spec.Cluster, state: State) -> tuple[float, str]:
     """
     provider = providers.for_cluster(cluster, state, EventBus())
     prefix = provider.command_prefix()
-    hosts = {h.role: h for h in provider.hosts()}
+    # The machines were just made and no `up` has run yet: their SSH details come from the provider.
+    by_role = {h.role: h for h in provider.hosts()}
+    options = hosts.ssh_options(state.known_hosts, strict=False, control_dir=state.ssh_control_dir)
     bin_dir = artifacts.artifact_set(cluster).bin
     seconds: dict[str, float] = {}
     for role, names in START_PROBES.items():
-        ssh = hosts[role].ssh_argv(state.root / "ssh" / "known_hosts", prefix)
+        ssh = by_role[role].ssh_argv(options, prefix)
         for name in names:
             with (bin_dir / name).open("rb") as source:
                 subprocess.run(
@@ -112,7 +114,7 @@ def binary_start(cluster: spec.Cluster, state: State) -> tuple[float, str]:
         )
         result = subprocess.run([*ssh, f"{script}; rm -rf {FLOOR_DIR}"], capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
-            raise RuntimeError(f"binary start on {hosts[role].name} failed: {result.stderr.strip()}")
+            raise RuntimeError(f"binary start on {by_role[role].name} failed: {result.stderr.strip()}")
         for line in result.stdout.splitlines():
             name, begin, end = line.split()
             seconds[name] = float(end) - float(begin)

@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
+from provisioner import layout
 from provisioner.artifacts.layout import image_names
-from provisioner.providers.base import HostConnection
+from provisioner.hosts import HostConnection
 from provisioner.spec import Cluster, VagrantProvider
 from provisioner.state import State
 from provisioner.versions import components
@@ -108,7 +109,7 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
         "cluster_dns_ip": str(net.dns_service_ip),
         "kube_proxy_mode": net.proxy_mode,
         "apiserver_address": str(masters[0].address),
-        "apiserver_port": 6443,
+        "apiserver_port": layout.PORTS["apiserver"],
         "pod_cidrs": {name: str(cidr) for name, cidr in cluster.pod_cidrs.items()},
         "node_addresses": {n.name: str(n.address) for n in cluster.spec.nodes},
         "artifacts_dir": str(artifacts_dir),
@@ -116,6 +117,8 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
         "artifact_checksums": _checksums(artifacts_dir),
         "pki_dir": str(state.pki_dir),
         "state_dir": str(state.root),
+        # Paths, ports, files and units on the nodes (provisioner/layout.py); roles derive their defaults from it.
+        "layout": layout.group_vars(),
     }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -20,12 +19,15 @@ from typing import Any
 
 import yaml
 
+from provisioner import hosts as hosts_mod
 from provisioner import inventory, pki, preflight, providers, runner
-from provisioner.artifacts import ArtifactSet, artifact_set
+from provisioner.artifacts import artifact_set
 from provisioner.artifacts import ensure as ensure_artifacts
 from provisioner.artifacts.serve import serving
 from provisioner.errors import ProvisionerError
 from provisioner.events import Event, EventBus, Phase, PhaseFinished
+from provisioner.kube import Kubectl, KubectlError
+from provisioner.layout import PORTS
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
 
@@ -60,41 +62,14 @@ class UpResult:
     def run_dir(self) -> Path:
         return self.run.run_dir
 
+    @property
+    def client(self) -> Kubectl:
+        """The cluster's kubectl, as the admin machine reaches it."""
+        return Kubectl(self.kubectl, self.kubeconfig, self.prefix)
+
     def kubectl_hint(self) -> str:
         """The command a person types to reach the cluster from the admin machine."""
         return " ".join([*self.prefix, str(self.kubectl), "--kubeconfig", str(self.kubeconfig), "get", "nodes"])
-
-
-@dataclass(frozen=True)
-class LabCluster:
-    """A running cluster as tests see it: the spec, its state, and kubectl inside the lab."""
-
-    cluster: Cluster
-    state: State
-    prefix: list[str]
-    kubeconfig: Path
-    kubectl_path: Path
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        return kubectl(
-            self.prefix, self.kubectl_path, self.kubeconfig, *args, input=input, check=check, timeout=timeout
-        )
-
-
-def kubectl(
-    prefix: Sequence[str],
-    binary: Path,
-    kubeconfig: Path,
-    *args: str,
-    input: str | None = None,
-    check: bool = True,
-    timeout: float = 300,
-) -> subprocess.CompletedProcess[str]:
-    """The artifact set's kubectl with the cluster's kubeconfig, inside the lab's namespace if any."""
-    command = [*prefix, str(binary), "--kubeconfig", str(kubeconfig), *args]
-    return subprocess.run(command, input=input, capture_output=True, text=True, check=check, timeout=timeout)
 
 
 def _collect_phases(bus: EventBus) -> list[PhaseFinished]:
@@ -130,6 +105,7 @@ def up(
     provider = providers.for_cluster(cluster, state, bus)
     # create() already read every machine's SSH details: asking Vagrant again costs seconds of Ruby
     hosts = provider.create([cluster.node(name) for name in limit] if limit else None)
+    hosts_mod.save(state, hosts)
     prefix = provider.command_prefix()
     checked = [h for h in hosts if not limit or h.name in limit]
     with Phase(bus, "preflight", f"{len(checked)} host(s)"):
@@ -152,7 +128,7 @@ def up(
         )
     with Phase(bus, "admin kubeconfig", str(state.kubeconfig)):
         _install_admin_kubeconfig(state)
-        _wait_for_api(prefix, aset.bin / "kubectl", state.kubeconfig, cluster)
+        _wait_for_api(Kubectl(aset.bin / "kubectl", state.kubeconfig, prefix), cluster)
         if merge_kubeconfig is not None:
             merge_into(merge_kubeconfig, state.kubeconfig)
 
@@ -182,6 +158,7 @@ def reset(cluster: Cluster, state: State, bus: EventBus, *, strategy: str | None
     state.ensure()
     provider = providers.for_cluster(cluster, state, bus)
     hosts = provider.hosts()
+    hosts_mod.save(state, hosts)
     missing = sorted({n.name for n in cluster.spec.nodes} - {h.name for h in hosts})
     if missing:
         raise ProvisionerError(
@@ -207,10 +184,6 @@ def reset(cluster: Cluster, state: State, bus: EventBus, *, strategy: str | None
     return run
 
 
-def lab_cluster(cluster: Cluster, state: State, prefix: list[str], aset: ArtifactSet) -> LabCluster:
-    return LabCluster(cluster, state, prefix, state.kubeconfig, aset.bin / "kubectl")
-
-
 def _install_admin_kubeconfig(state: State) -> None:
     source = state.pki_dir / "kubeconfigs" / "admin.kubeconfig"
     data = source.read_bytes()
@@ -223,14 +196,14 @@ def _install_admin_kubeconfig(state: State) -> None:
     target.chmod(0o600)
 
 
-def _wait_for_api(prefix: Sequence[str], binary: Path, kubeconfig: Path, cluster: Cluster) -> None:
+def _wait_for_api(kubectl: Kubectl, cluster: Cluster) -> None:
     deadline = time.monotonic() + ADMIN_WAIT_SECONDS
     last = ""
     while time.monotonic() < deadline:
         try:
-            done = kubectl(prefix, binary, kubeconfig, "get", "nodes", "--no-headers", check=False, timeout=60)
-        except subprocess.TimeoutExpired:
-            last = "kubectl get nodes timed out after 60 s"
+            done = kubectl.run("get", "nodes", "--no-headers", check=False, timeout=60)
+        except KubectlError as exc:
+            last = exc.message()
             continue
         if done.returncode == 0:
             return
@@ -238,7 +211,7 @@ def _wait_for_api(prefix: Sequence[str], binary: Path, kubeconfig: Path, cluster
         time.sleep(3)
     master = cluster.masters[0]
     raise ClusterNotReady(
-        f"apiserver https://{master.address}:6443",
+        f"apiserver https://{master.address}:{PORTS['apiserver']}",
         f"does not answer `kubectl get nodes` from the admin machine within {ADMIN_WAIT_SECONDS} s: {last}",
         f"check the route to {master.address} (inside the lab namespace when isolated) and "
         f"`journalctl -u kube-apiserver` on {master.name}",

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioner.errors import ProvisionerError
+from provisioner.layout import CLUSTER_DOMAIN, PORTS
 from provisioner.spec import Cluster
 from provisioner.state import State
 
@@ -31,7 +32,6 @@ CA_DAYS = 3650
 LEAF_DAYS = 365
 # A leaf with less than this left is re-issued on the next run instead of expiring under a cluster.
 RENEW_BEFORE = datetime.timedelta(days=30)
-APISERVER_PORT = 6443
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -88,7 +88,7 @@ def cluster_certs(cluster: Cluster) -> list[CertSpec]:
         "kubernetes",
         "kubernetes.default",
         "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
+        f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
         master.name,
         "localhost",
     )
@@ -121,9 +121,9 @@ def cluster_certs(cluster: Cluster) -> list[CertSpec]:
 
 def cluster_kubeconfigs(cluster: Cluster) -> list[KubeconfigSpec]:
     master = cluster.masters[0]
-    external = f"https://{master.address}:{APISERVER_PORT}"
+    external = f"https://{master.address}:{PORTS['apiserver']}"
     # Components on the master talk to the apiserver on loopback: no dependency on the node network.
-    local = f"https://127.0.0.1:{APISERVER_PORT}"
+    local = f"https://127.0.0.1:{PORTS['apiserver']}"
     configs = [
         KubeconfigSpec("admin", "admin", external, f"{cluster.name}-admin"),
         KubeconfigSpec("admin-local", "admin", local, f"{cluster.name}-admin"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import paramiko
 
 from provisioner.errors import MachineError
-from provisioner.providers.base import HostConnection
+from provisioner.hosts import HostConnection
 
 CONNECT_TIMEOUT = 15.0
 # Under software emulation a remote command (sshd fork, sudo, Python start) takes seconds, not milliseconds.

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisioner import hosts
 from provisioner.errors import PlaybookError, ToolMissing
 from provisioner.events import EventBus, PhaseFinished, PhaseStarted, Progress, TaskResult
 from provisioner.paths import REPO_ROOT
@@ -209,18 +210,10 @@ def _env(state: State, chosen: str, host_key_checking: bool) -> dict[str, str]:
             )
         plugins = Path(next(iter(spec.submodule_search_locations))) / "plugins" / "strategy"
         env["ANSIBLE_STRATEGY_PLUGINS"] = str(plugins)
-    known_hosts = state.root / "ssh" / "known_hosts"
-    known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    ssh_args = "-o ControlMaster=auto -o ControlPersist=300s -o ServerAliveInterval=15"
-    if host_key_checking:
-        # Trust on first use, remembered per cluster: a changed host key later stops the run.
-        ssh_args += f" -o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=accept-new"
-        env["ANSIBLE_HOST_KEY_CHECKING"] = "True"
-    else:
-        # Lab VMs are recreated with fresh host keys on the same addresses, inside a private namespace.
-        ssh_args += " -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"
-        env["ANSIBLE_HOST_KEY_CHECKING"] = "False"
-    env["ANSIBLE_SSH_ARGS"] = ssh_args
+    # The same options as every other SSH connection to the nodes (Ansible's own timeout, 60 s, for connecting).
+    options = hosts.ssh_options(state.known_hosts, strict=host_key_checking, connect_timeout=60)
+    env["ANSIBLE_HOST_KEY_CHECKING"] = str(host_key_checking)
+    env["ANSIBLE_SSH_ARGS"] = shlex.join(options)
     return env
 
 

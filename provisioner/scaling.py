@@ -9,14 +9,14 @@ leaves the spec describing what still exists and a re-run continues.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner import inventory, lifecycle, providers, spec, spec_edit
+from provisioner import hosts, inventory, lifecycle, providers, spec, spec_edit
 from provisioner.artifacts import artifact_set
 from provisioner.errors import MachineError
 from provisioner.events import EventBus, Phase
+from provisioner.kube import Kubectl, KubectlError
 from provisioner.state import State
 
 DRAIN_TIMEOUT = "300s"
@@ -46,25 +46,25 @@ def scale(path: Path, workers: int, bus: EventBus, *, strategy: str | None = Non
 
 
 def write_inventory(path: Path, state: State, bus: EventBus) -> None:
-    """The generated inventory and group vars again, from the spec as it is now: verify, drift and the
+    """The host list, inventory and group vars again, from the spec as it is now: verify, drift and the
     host checks read them, and must not go looking for the workers that were just removed."""
     cluster = spec.load(path)
-    inventory.write(cluster, state, providers.for_cluster(cluster, state, bus).hosts(), artifact_set(cluster).root)
+    names = {n.name for n in cluster.spec.nodes}
+    remaining = [h for h in hosts.load(state) if h.name in names]
+    hosts.save(state, remaining)
+    inventory.write(cluster, state, remaining, artifact_set(cluster).root)
 
 
 def _remove_workers(cluster: spec.Cluster, state: State, bus: EventBus, names: list[str]) -> None:
     provider = providers.for_cluster(cluster, state, bus)
-    prefix = provider.command_prefix()
-    kubectl_bin = artifact_set(cluster).bin / "kubectl"
+    kubectl = Kubectl(artifact_set(cluster).bin / "kubectl", state.kubeconfig, provider.command_prefix())
     for name in names:
         with Phase(bus, f"remove {name}", "cordon, drain, delete node, destroy machine") as phase:
-            if _node_registered(prefix, kubectl_bin, state, name):
-                _kubectl(prefix, kubectl_bin, state, name, "cordon", name)
+            if _node_registered(kubectl, name):
+                _kubectl(kubectl, name, "cordon", name)
                 phase.progress("draining: pods move to the remaining workers", host=name)
                 _kubectl(
-                    prefix,
-                    kubectl_bin,
-                    state,
+                    kubectl,
                     name,
                     "drain",
                     name,
@@ -73,31 +73,36 @@ def _remove_workers(cluster: spec.Cluster, state: State, bus: EventBus, names: l
                     "--force",
                     f"--timeout={DRAIN_TIMEOUT}",
                 )
-                _kubectl(prefix, kubectl_bin, state, name, "delete", "node", name, "--wait=true")
+                _kubectl(kubectl, name, "delete", "node", name, "--wait=true")
             else:
                 phase.progress("not registered in the cluster; nothing to drain", host=name)
             provider.destroy([cluster.node(name)])
 
 
-def _node_registered(prefix: list[str], kubectl_bin: Path, state: State, name: str) -> bool:
-    found = lifecycle.kubectl(prefix, kubectl_bin, state.kubeconfig, "get", "node", name, "-o", "name", check=False)
-    if found.returncode == 0:
-        return True
-    if "NotFound" in found.stderr:
-        return False
+def _node_registered(kubectl: Kubectl, name: str) -> bool:
+    try:
+        found = kubectl.run("get", "node", name, "-o", "name", check=False, timeout=300)
+    except KubectlError as exc:
+        found_error = exc.cause
+    else:
+        if found.returncode == 0:
+            return True
+        if "NotFound" in found.stderr:
+            return False
+        found_error = found.stderr.strip() or "kubectl failed"
     raise MachineError(
         f"node {name}",
-        f"cannot ask the cluster about it: {found.stderr.strip() or 'kubectl failed'}",
+        f"cannot ask the cluster about it: {found_error}",
         "check that the cluster answers (`provisioner verify --only nodes-ready`), then re-run scale",
     )
 
 
-def _kubectl(prefix: list[str], kubectl_bin: Path, state: State, node: str, *args: str) -> None:
+def _kubectl(kubectl: Kubectl, node: str, *args: str) -> None:
     try:
-        lifecycle.kubectl(prefix, kubectl_bin, state.kubeconfig, *args, timeout=420)
-    except subprocess.CalledProcessError as exc:
+        kubectl.run(*args, timeout=420)
+    except KubectlError as exc:
         raise MachineError(
             f"node {node}",
-            f"`kubectl {' '.join(args)}` failed: {exc.stderr.strip()[-400:]}",
+            f"`kubectl {' '.join(args)}` failed: {exc.cause[-400:]}",
             "fix the cause (a PodDisruptionBudget blocking the drain, an unreachable API) and re-run scale",
         ) from None

@@ -34,6 +34,20 @@ class State:
         return self.root / "machines.json"
 
     @property
+    def hosts_file(self) -> Path:
+        """The hosts `up` last reported (provisioner/hosts.py), read by verify, ssh, scale and the bench."""
+        return self.root / "hosts.json"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "ssh" / "known_hosts"
+
+    @property
+    def ssh_control_dir(self) -> Path:
+        """Master connections of provisioner's own SSH calls (verify, ssh, the bench)."""
+        return self.root / "ssh" / "cm"
+
+    @property
     def pki_dir(self) -> Path:
         return self.root / "pki"
 

@@ -1,60 +1,30 @@
-"""The fixed layout of an artifact set. The Ansible roles copy files from these paths."""
+"""The fixed layout of an artifact set: its files come from the artifact table in provisioner/layout.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioner.layout import ARTIFACTS, artifacts_of
 from provisioner.versions import components
 
-BINARIES = (
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubelet",
-    "kube-proxy",
-    "kubectl",
-    "etcd",
-    "etcdctl",
-    "containerd",
-    "containerd-shim-runc-v2",
-    "ctr",
-    "runc",
-    "crictl",
-    "coredns",
-)
-CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-IMAGES = ("pause", "agnhost", "coredns")
+# Derived from the one artifact table (provisioner/layout.py): what the set holds, by kind.
+BINARIES = tuple(a.name for a in artifacts_of("bin"))
+CNI_PLUGINS = tuple(a.name for a in artifacts_of("cni"))
+IMAGES = tuple(a.name for a in artifacts_of("images"))
 
 MANIFEST_NAME = "manifest.json"
 
 
 def expected_paths() -> list[str]:
     """Every file a complete set holds, relative to its root."""
-    return (
-        [f"bin/{name}" for name in BINARIES]
-        + [f"cni/{name}" for name in CNI_PLUGINS]
-        + [f"images/{name}.tar" for name in IMAGES]
-    )
+    return [a.path for a in ARTIFACTS]
 
 
 def expected_versions(kubernetes_version: str) -> dict[str, str]:
     """The pinned version each file must come from; a file from another version is stale."""
     pins = components(kubernetes_version)
-    by_binary = {
-        "etcd": pins.etcd,
-        "etcdctl": pins.etcd,
-        "containerd": pins.containerd,
-        "containerd-shim-runc-v2": pins.containerd,
-        "ctr": pins.containerd,
-        "runc": pins.runc,
-        "crictl": pins.crictl,
-        "coredns": pins.coredns,
-    }
-    out = {f"bin/{name}": by_binary.get(name, pins.kubernetes) for name in BINARIES}
-    out.update({f"cni/{name}": pins.cni_plugins for name in CNI_PLUGINS})
-    out.update({"images/pause.tar": pins.pause, "images/agnhost.tar": pins.agnhost, "images/coredns.tar": pins.coredns})
-    return out
+    return {a.path: str(getattr(pins, a.component)) for a in ARTIFACTS}
 
 
 def image_names(kubernetes_version: str) -> dict[str, str]:

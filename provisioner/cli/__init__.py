@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from provisioner import paths, providers, scaling, spec
+from provisioner import hosts, paths, providers, scaling, spec
 from provisioner.cli import artifacts, box, cluster, drift, verify
 from provisioner.cli.render import cli_bus, console, fail_cleanly, out
 from provisioner.errors import MachineError
@@ -88,10 +88,13 @@ def ssh(
         known = {n.name for n in cluster.spec.nodes}
         if node not in known:
             raise MachineError(node, f"no such node in the spec (nodes: {', '.join(sorted(known))})", "")
-        host = next((h for h in provider.hosts() if h.name == node), None)
+        host = next((h for h in hosts.load(state) if h.name == node), None)
         if host is None:
-            raise MachineError(node, "the machine is not running", "run `provisioner up` first")
-        argv = [*host.ssh_argv(state.root / "ssh" / "known_hosts", provider.command_prefix()), *(command or [])]
+            raise MachineError(node, "the machine has not been brought up", "run `provisioner up` first")
+        options = hosts.ssh_options(
+            state.known_hosts, strict=isinstance(cluster.spec.provider, spec.StaticProvider), persist="no"
+        )
+        argv = [*host.ssh_argv(options, provider.command_prefix()), *(command or [])]
         os.execvp(argv[0], argv)
 
 

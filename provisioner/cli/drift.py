@@ -14,9 +14,9 @@ from provisioner.drift import drift as find_drift
 from provisioner.drift import load_manifests
 from provisioner.errors import ProvisionerError, ToolMissing
 from provisioner.events import EventBus
+from provisioner.kube import Kubectl
 from provisioner.providers import for_cluster
 from provisioner.state import State
-from provisioner.verify.kube import Kubectl
 
 app = typer.Typer(
     help="Report differences between manifests on disk and the live objects.",

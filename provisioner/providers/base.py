@@ -3,44 +3,12 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from provisioner.events import EventBus
+from provisioner.hosts import HostConnection
 from provisioner.spec import Cluster, Node
 from provisioner.state import State
-
-
-@dataclass(frozen=True)
-class HostConnection:
-    """How to reach one node over SSH, as the machines report it (never guessed)."""
-
-    name: str
-    role: str
-    address: str  # the node's address on the cluster network
-    ssh_host: str
-    ssh_port: int
-    ssh_user: str
-    ssh_key: Path
-
-    def ssh_argv(self, known_hosts: Path, prefix: Sequence[str] = ()) -> list[str]:
-        """The ssh command line that reaches this host (inside the lab's namespace when prefixed)."""
-        return [
-            *prefix,
-            "ssh",
-            "-i",
-            str(self.ssh_key),
-            "-p",
-            str(self.ssh_port),
-            "-o",
-            f"UserKnownHostsFile={known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            "-o",
-            "LogLevel=ERROR",
-            f"{self.ssh_user}@{self.ssh_host}",
-        ]
 
 
 @dataclass(frozen=True)

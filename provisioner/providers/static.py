@@ -9,7 +9,8 @@ from pathlib import Path
 
 from provisioner import preflight
 from provisioner.events import EventBus, Phase
-from provisioner.providers.base import HostConnection, MachineStatus, Provider
+from provisioner.hosts import HostConnection
+from provisioner.providers.base import MachineStatus, Provider
 from provisioner.spec import Cluster, Node, SSHSpec, resolve_key
 from provisioner.state import State
 

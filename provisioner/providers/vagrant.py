@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from provisioner import box, inventory, paths
 from provisioner.errors import MachineError, ToolMissing
 from provisioner.events import Phase, Progress
+from provisioner.hosts import HostConnection
 from provisioner.providers import netns
-from provisioner.providers.base import HostConnection, MachineStatus, Provider
+from provisioner.providers.base import MachineStatus, Provider
 from provisioner.spec import Node, VagrantProvider
 
 MANAGEMENT_SUBNET = ipaddress.IPv4Network("192.168.121.0/24")

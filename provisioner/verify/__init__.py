@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from provisioner import artifacts
 from provisioner.errors import ProvisionerError, ToolMissing
 from provisioner.events import EventBus, PhaseFinished, PhaseStarted, Progress
+from provisioner.hosts import load as load_hosts
+from provisioner.hosts import ssh_options
+from provisioner.kube import Kubectl
 from provisioner.providers import for_cluster
-from provisioner.spec import Cluster
+from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
 from provisioner.verify import cluster as cluster_checks
 from provisioner.verify import hostchecks
-from provisioner.verify.kube import CheckFailed, Kubectl, Ssh, read_inventory, ssh_options
+from provisioner.verify.kube import CheckFailed, Ssh
 from provisioner.verify.report import FAILED, PASSED, SKIPPED, CheckResult, VerifyReport
 
 __all__ = ["CheckResult", "VerifyReport", "check_ids", "run", "selected"]
@@ -64,10 +67,10 @@ def selected(select: Sequence[str] | None) -> list[str]:
 def run(cluster: Cluster, state: State, bus: EventBus, select: Sequence[str] | None = None) -> VerifyReport:
     """Run the selected checks (default: all) and return the report; the JSON file is already written."""
     chosen = selected(select)
-    if not state.inventory_file.is_file() or not state.kubeconfig.is_file():
+    if not state.inventory_file.is_file() or not state.hosts_file.is_file() or not state.kubeconfig.is_file():
         raise ProvisionerError(
             f"cluster {cluster.name}",
-            f"has no generated inventory or admin kubeconfig under {state.root}",
+            f"has no generated inventory, host list or admin kubeconfig under {state.root}",
             "bring it up first with `provisioner up`",
         )
     provider = for_cluster(cluster, state, bus)
@@ -77,17 +80,22 @@ def run(cluster: Cluster, state: State, bus: EventBus, select: Sequence[str] | N
         raise ToolMissing(str(kubectl_bin), "kubectl of the artifact set is missing", "run `provisioner artifacts`")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = state.root / "reports" / f"verify-{stamp}"
-    control_dir = state.root / "ssh" / "cm"
-    control_dir.mkdir(parents=True, exist_ok=True)
-    options = ssh_options(control_dir, state.root / "ssh" / "known_hosts")
-    nodes = read_inventory(state.inventory_file)
+    # Short keep-alives: the shutdown check powers a node off under an open connection.
+    options = ssh_options(
+        state.known_hosts,
+        strict=isinstance(cluster.spec.provider, StaticProvider),
+        control_dir=state.ssh_control_dir,
+        persist="120s",
+        keepalive=5,
+    )
+    nodes = {h.name: h for h in load_hosts(state)}
     report = VerifyReport(cluster.name)
 
     host_groups = [g for g in hostchecks.MODULES if g in chosen]
     if host_groups:
         started = time.monotonic()
         bus.emit(PhaseStarted("verify hosts", ", ".join(host_groups)))
-        sudo = any(n.user != "root" for n in nodes.values())
+        sudo = any(n.ssh_user != "root" for n in nodes.values())
         rows = hostchecks.run(cluster, state, prefix, options, run_dir, host_groups, sudo=sudo)
         for row in rows:
             if row.result == FAILED:

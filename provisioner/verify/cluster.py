@@ -23,16 +23,18 @@ from typing import Any
 import yaml
 
 from provisioner import drift as drift_mod
+from provisioner import layout
+from provisioner.kube import Kubectl, KubectlError
 from provisioner.providers.base import Provider
 from provisioner.spec import Cluster, Node, VagrantProvider
-from provisioner.verify.kube import CheckFailed, Kubectl, KubectlError, NotYet, Ssh, http_get, wait_for
+from provisioner.verify.kube import CheckFailed, NotYet, Ssh, http_get, wait_for
 
-PKI = "/etc/kubernetes/pki"
+PKI = layout.DIRS.pki
 ETCDCTL = (
-    f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert={PKI}/ca.crt "
+    f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:{layout.PORTS['etcd_client']} --cacert={PKI}/ca.crt "
     f"--cert={PKI}/apiserver-etcd-client.crt --key={PKI}/apiserver-etcd-client.key"
 )
-CRICTL = "crictl --runtime-endpoint=unix:///run/containerd/containerd.sock"
+CRICTL = f"crictl --runtime-endpoint=unix://{layout.CONTAINERD_SOCKET}"
 HTTP_PORT = 8080
 # Long enough for a pod to start on an emulated worker (image already imported, no pull).
 POD_READY_TIMEOUT = 300.0
@@ -299,7 +301,7 @@ def check_dns(lab: Lab) -> str:
         deploy(lab, ns, [agnhost_deployment("web", lab.agnhost_image), service("web")])
         web = wait_ready_pods(lab, ns, "web", 1)[0]["metadata"]["name"]
         client = client_pod(lab, ns)["metadata"]["name"]
-        fqdn = f"web.{ns}.svc.cluster.local"
+        fqdn = f"web.{ns}.svc.{layout.CLUSTER_DOMAIN}"
 
         def probe() -> str:
             answer = dial(lab, ns, client, fqdn, 80, 1)
@@ -506,6 +508,9 @@ def check_container_restarted(lab: Lab) -> str:
         return f"container {container_id[:12]} of {name} on {node} killed; restarted (count {count}) in {took:.0f}s"
 
 
+# The daemons kill -9 is tried on: every unit of the layout that runs a binary (a fast test holds this to the
+# layout), in this order: the apiserver and its consumers first, etcd under them last; on a worker the
+# kubelet before the runtime it depends on.
 MASTER_DAEMONS = ["kube-apiserver", "kube-scheduler", "kube-controller-manager", "etcd"]
 WORKER_DAEMONS = ["kubelet", "containerd", "kube-proxy"]
 
@@ -556,7 +561,7 @@ def _wait_cluster_answers(lab: Lab, unit: str, node: str) -> None:
 
         wait_for(f"node {node} Ready", node_ready, 240, interval=3)
     if unit in ("kube-scheduler", "kube-controller-manager"):
-        port = 10259 if unit == "kube-scheduler" else 10257
+        port = layout.PORTS[layout.unit(unit).ports[0]]
         script = (
             "import ssl,urllib.request;print(urllib.request.urlopen("
             f"'https://127.0.0.1:{port}/healthz',context=ssl._create_unverified_context(),timeout=10).read().decode())"

@@ -24,10 +24,13 @@ from provisioner import pki, spec
 from provisioner.artifacts import build
 from provisioner.artifacts.layout import ArtifactSet
 from provisioner.events import EventBus
+from provisioner.hosts import HostConnection
+from provisioner.kube import Kubectl, KubectlError
+from provisioner.layout import DIRS, PORTS
 from provisioner.paths import cache_root, default_spec
 from provisioner.state import State
 from provisioner.verify import cluster as checks
-from provisioner.verify.kube import CheckFailed, Kubectl, KubectlError, NodeLogin, NotYet, Ssh, wait_for
+from provisioner.verify.kube import CheckFailed, NotYet, Ssh, wait_for
 
 pytestmark = pytest.mark.build
 
@@ -44,11 +47,11 @@ class LocalShell(Ssh):
 
     pki_dir: Path = Path()
     bin_dir: Path = Path()
-    etcd_port: int = 2379
+    etcd_port: int = PORTS["etcd_client"]
 
     def command(self, node: str, script: str) -> list[str]:
-        script = script.replace("/etc/kubernetes/pki", str(self.pki_dir))
-        script = script.replace("127.0.0.1:2379", f"127.0.0.1:{self.etcd_port}")
+        script = script.replace(DIRS.pki, str(self.pki_dir))
+        script = script.replace(f"127.0.0.1:{PORTS['etcd_client']}", f"127.0.0.1:{self.etcd_port}")
         return ["sh", "-c", f"PATH={self.bin_dir}:$PATH; {script}"]
 
 
@@ -158,7 +161,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
                 raise NotYet(str(exc)) from None
 
         wait_for("the loopback kube-controller-manager to answer /healthz", cm_healthy, 120)
-        master = NodeLogin("master", "master", "127.0.0.1", 22, "root", "", "127.0.0.1")
+        master = HostConnection("master", "master", "127.0.0.1", "127.0.0.1", 22, "root", Path("/nonexistent"))
         shell = LocalShell({"master": master}, pki_dir=p, bin_dir=aset.bin, etcd_port=etcd_port)
         image = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
         yield ControlPlane(checks.Lab(cluster, kubectl, shell, [], image), kubectl, etcd_port)

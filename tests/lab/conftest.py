@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from labcluster import LabCluster
 
-from provisioner import lifecycle, paths, spec
+from provisioner import hosts, lifecycle, paths, spec
 from provisioner.events import EventBus, Recorder
-from provisioner.lifecycle import LabCluster, UpResult
+from provisioner.lifecycle import UpResult
 from provisioner.providers import for_cluster
 from provisioner.state import State
-from provisioner.verify.kube import Ssh, read_inventory, ssh_options
+from provisioner.verify.kube import Ssh
 
 LOCK = Path("/tmp/provisioner-lab.lock")
 KEEP_ENV = "PROVISIONER_KEEP_LAB"
@@ -88,11 +89,10 @@ def lab_cluster(lab_session: LabSession) -> LabCluster:
 
 @pytest.fixture(scope="session")
 def lab_ssh(lab_cluster: LabCluster) -> Ssh:
-    """SSH to the lab's nodes as verify does: the generated inventory, the state's key and known hosts."""
-    control = lab_cluster.state.root / "ssh" / "cm"
-    control.mkdir(parents=True, exist_ok=True)
-    options = ssh_options(control, lab_cluster.state.root / "ssh" / "known_hosts")
-    return Ssh(read_inventory(lab_cluster.state.inventory_file), lab_cluster.prefix, options)
+    """SSH to the lab's nodes as verify does: the host list `up` wrote, the one set of SSH options."""
+    state = lab_cluster.state
+    options = hosts.ssh_options(state.known_hosts, strict=False, control_dir=state.ssh_control_dir, persist="120s")
+    return Ssh({h.name: h for h in hosts.load(state)}, lab_cluster.prefix, options)
 
 
 @pytest.fixture(scope="session")

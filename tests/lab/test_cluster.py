@@ -8,11 +8,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from labcluster import LabCluster
 
 from provisioner import lifecycle
 from provisioner.artifacts import image_names
 from provisioner.events import EventBus
-from provisioner.lifecycle import LabCluster, UpResult
+from provisioner.lifecycle import UpResult
 
 pytestmark = [pytest.mark.lab, pytest.mark.cluster]
 

@@ -4,10 +4,10 @@ reset changes nothing. Runs last in the session (conftest orders it): the cluste
 from __future__ import annotations
 
 import pytest
+from labcluster import LabCluster
 
 from provisioner import lifecycle
 from provisioner.events import EventBus
-from provisioner.lifecycle import LabCluster
 from provisioner.verify.kube import Ssh
 
 pytestmark = [pytest.mark.lab, pytest.mark.cluster]

@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from labcluster import LabCluster
 
 from provisioner import artifacts, paths, scaling, spec, verify
 from provisioner.events import EventBus
-from provisioner.lifecycle import LabCluster
+from provisioner.kube import Kubectl
 from provisioner.providers import for_cluster
 from provisioner.state import State
 from provisioner.verify import cluster as checks
-from provisioner.verify.kube import Kubectl, Ssh
+from provisioner.verify.kube import Ssh
 
 pytestmark = [pytest.mark.lab, pytest.mark.cluster, pytest.mark.verify]
 

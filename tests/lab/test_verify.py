@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from labcluster import LabCluster
 from typer.testing import CliRunner
 
 from provisioner import artifacts, paths
 from provisioner.cli.drift import app as drift_app
 from provisioner.drift import drift
 from provisioner.events import EventBus, PhaseFinished, Recorder
-from provisioner.lifecycle import LabCluster
+from provisioner.kube import Kubectl
 from provisioner.verify import cluster as cluster_checks
 from provisioner.verify import run
-from provisioner.verify.kube import Kubectl, Ssh, wait_for
+from provisioner.verify.kube import Ssh, wait_for
 from provisioner.verify.report import FAILED, PASSED, SKIPPED
 
 pytestmark = [pytest.mark.lab, pytest.mark.cluster, pytest.mark.verify]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
-from provisioner import inventory, paths, spec
-from provisioner.providers.base import HostConnection
+from provisioner import hosts, inventory, paths, spec
+from provisioner.errors import ProvisionerError
+from provisioner.hosts import HostConnection
 from provisioner.state import State
 
 
@@ -80,8 +82,41 @@ def test_machine_list_for_vagrantfile(tmp_path: Path) -> None:
 def test_ssh_command_line_enters_the_lab_namespace(tmp_path: Path) -> None:
     cluster = spec.load(paths.default_spec())
     host = _hosts(cluster, tmp_path / "key")[1]
-    argv = host.ssh_argv(tmp_path / "known_hosts", ["ip", "netns", "exec", "prov-lab"])
+    options = hosts.ssh_options(tmp_path / "known_hosts", strict=True)
+    argv = host.ssh_argv(options, ["ip", "netns", "exec", "prov-lab"])
     assert argv[:5] == ["ip", "netns", "exec", "prov-lab", "ssh"]
-    assert argv[-1] == "vagrant@192.168.121.101"
+    # The user travels as -l's value and -- ends the options: nothing from the spec is read as an option.
+    assert argv[-4:] == ["-l", "vagrant", "--", "192.168.121.101"]
     assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in argv
     assert argv[argv.index("-i") + 1] == str(tmp_path / "key")
+
+
+def test_a_user_or_host_that_looks_like_an_option_stays_an_argument(tmp_path: Path) -> None:
+    host = hosts.HostConnection("n", "worker", "a", "-oProxyCommand=touch /tmp/x", 22, "-oX=y", tmp_path / "k")
+    argv = host.ssh_argv(hosts.ssh_options(tmp_path / "kh", strict=False))
+    assert argv[argv.index("--") + 1 :] == ["-oProxyCommand=touch /tmp/x"]
+    assert argv[argv.index("-l") + 1] == "-oX=y"
+
+
+def test_lab_and_static_hosts_differ_only_in_host_key_checking(tmp_path: Path) -> None:
+    lab = hosts.ssh_options(tmp_path / "kh", strict=False)
+    static = hosts.ssh_options(tmp_path / "kh", strict=True)
+    assert "StrictHostKeyChecking=no" in lab and "UserKnownHostsFile=/dev/null" in lab
+    assert "StrictHostKeyChecking=accept-new" in static and f"UserKnownHostsFile={tmp_path / 'kh'}" in static
+    assert [o for o in lab if "HostKey" not in o and "KnownHosts" not in o] == [
+        o for o in static if "HostKey" not in o and "KnownHosts" not in o
+    ]
+
+
+def test_the_host_list_round_trips_through_the_state(tmp_path: Path) -> None:
+    cluster = spec.load(paths.default_spec())
+    state = State(tmp_path / "state")
+    written = _hosts(cluster, tmp_path / "key")
+    hosts.save(state, written)
+    assert hosts.load(state) == written
+
+
+def test_a_missing_host_list_says_to_bring_the_cluster_up(tmp_path: Path) -> None:
+    with pytest.raises(ProvisionerError) as missing:
+        hosts.load(State(tmp_path / "never"))
+    assert "run `provisioner up` first" in str(missing.value)

@@ -29,10 +29,6 @@ PLAYBOOK = """
   gather_facts: false
   roles:
     - role: node_files
-      vars:
-        node_files_binaries: [tool-a, tool-b]
-        node_files_cni_plugins: [bridge]
-        node_files_images: ["{{ artifacts_dir }}/images/pause.tar"]
 """
 
 
@@ -74,9 +70,13 @@ def _node(tmp_path: Path, artifacts_dir: Path, sums: dict[str, str]) -> State:
         "ansible_python_interpreter": sys.executable,
         "artifacts_dir": str(artifacts_dir),
         "artifact_checksums": sums,
-        "node_files_bin_dir": str(node / "bin"),
-        "node_files_cni_dir": str(node / "cni"),
-        "node_files_image_dir": str(node / "images"),
+        # What site.yml passes from layout.files: [artifact-set path, path on the node, mode].
+        "node_files_entries": [
+            ["bin/tool-a", str(node / "bin" / "tool-a"), "0755"],
+            ["bin/tool-b", str(node / "bin" / "tool-b"), "0755"],
+            ["cni/bridge", str(node / "cni" / "bridge"), "0755"],
+            ["images/pause.tar", str(node / "images" / "pause.tar"), "0644"],
+        ],
         "node_files_sums_cache": str(node / "sums.json"),
     }
     state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))

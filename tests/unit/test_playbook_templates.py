@@ -20,7 +20,7 @@ from ansible.plugins.filter.mathstuff import FilterModule as AnsibleMathFilters
 
 from provisioner import inventory, paths, spec
 from provisioner.artifacts import image_names
-from provisioner.providers.base import HostConnection
+from provisioner.hosts import HostConnection
 from provisioner.state import State
 
 ROLES = paths.REPO_ROOT / "playbooks" / "roles"

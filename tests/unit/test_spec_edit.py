@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provisioner import paths, scaling, spec, spec_edit
+from provisioner import hosts, paths, scaling, spec, spec_edit
 from provisioner.errors import SpecError
 from provisioner.events import EventBus
+from provisioner.providers import for_cluster
 from provisioner.state import State
-from provisioner.verify.kube import read_inventory
 
 
 @pytest.fixture
@@ -64,8 +64,8 @@ def test_reused_name_after_scale_down_keeps_pod_cidr_unique(spec_file: Path) -> 
 
 
 def test_after_scale_down_the_generated_inventory_names_only_the_nodes_left(spec_file: Path, tmp_path: Path) -> None:
-    """verify reads the generated inventory: removed workers must be gone from it (the bench found host
-    checks failing with "No route to host" against workers that had been scaled away)."""
+    """verify reads the host list and the host checks the generated inventory: removed workers must be gone
+    from both (the bench found host checks failing with "No route to host" against workers scaled away)."""
     key = tmp_path / "id_ed25519"
     key.write_text("not a real key\n")
     data = yaml.safe_load(spec_file.read_text())
@@ -75,9 +75,17 @@ def test_after_scale_down_the_generated_inventory_names_only_the_nodes_left(spec
         node["ssh"] = {"user": "root", "key": str(key)}
     spec_file.write_text(yaml.safe_dump(data, sort_keys=False))
     state = State(tmp_path / "state").ensure()
+    # What `up` wrote: every host the provider reported.
+    hosts.save(state, for_cluster(spec.load(spec_file), state, EventBus()).hosts())
     scaling.write_inventory(spec_file, state, EventBus())
-    assert sorted(read_inventory(state.inventory_file)) == ["master", "worker-1", "worker-2", "worker-3"]
+    assert _inventory_hosts(state) == ["master", "worker-1", "worker-2", "worker-3"]
 
     spec_edit.set_worker_count(spec_file, 1)
     scaling.write_inventory(spec_file, state, EventBus())
-    assert sorted(read_inventory(state.inventory_file)) == ["master", "worker-1"]
+    assert _inventory_hosts(state) == ["master", "worker-1"]
+    assert [h.name for h in hosts.load(state)] == ["master", "worker-1"]
+
+
+def _inventory_hosts(state: State) -> list[str]:
+    groups = yaml.safe_load(state.inventory_file.read_text())["all"]["children"]["k8s_cluster"]["children"]
+    return sorted(name for group in groups.values() for name in group["hosts"])

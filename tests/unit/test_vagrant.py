@@ -14,8 +14,8 @@ import pytest
 from provisioner import paths, preflight, spec
 from provisioner.errors import MachineError, ToolMissing
 from provisioner.events import EventBus
+from provisioner.hosts import HostConnection
 from provisioner.providers import for_cluster, netns
-from provisioner.providers.base import HostConnection
 from provisioner.providers.static import StaticHosts
 from provisioner.providers.vagrant import (
     VagrantLab,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from provisioner import paths, pki, spec
+from provisioner import layout, paths, pki, spec
 from provisioner.cli.drift import app as drift_app
 from provisioner.cli.verify import app as verify_app
 from provisioner.cli.verify import table
@@ -26,7 +26,7 @@ from provisioner.errors import ProvisionerError
 from provisioner.state import State
 from provisioner.verify import certs, check_ids, hostchecks, selected
 from provisioner.verify import cluster as cluster_checks
-from provisioner.verify.kube import CheckFailed, NotYet, read_inventory, wait_for
+from provisioner.verify.kube import CheckFailed, NotYet, wait_for
 from provisioner.verify.report import FAILED, PASSED, SKIPPED, CheckResult, VerifyReport, from_junit
 
 
@@ -123,40 +123,6 @@ def test_wait_for_says_what_it_waited_for() -> None:
     with pytest.raises(CheckFailed) as err:
         wait_for("the moon to turn blue", probe, timeout=0.3, interval=0.1)
     assert "the moon to turn blue" in str(err.value) and f"seen {len(calls)}" in str(err.value)
-
-
-def test_inventory_is_read_with_roles(tmp_path: Path) -> None:
-    inv = tmp_path / "hosts.yml"
-    inv.write_text(
-        yaml.safe_dump(
-            {
-                "all": {
-                    "children": {
-                        "k8s_cluster": {
-                            "children": {
-                                "masters": {
-                                    "hosts": {
-                                        "master": {
-                                            "ansible_host": "192.168.121.5",
-                                            "ansible_user": "root",
-                                            "ansible_ssh_private_key_file": "/k",
-                                            "node_address": "192.168.56.10",
-                                        }
-                                    }
-                                },
-                                "workers": {
-                                    "hosts": {"worker-1": {"ansible_host": "192.168.121.6", "ansible_port": 2222}}
-                                },
-                            }
-                        }
-                    }
-                }
-            }
-        )
-    )
-    nodes = read_inventory(inv)
-    assert nodes["master"].role == "master" and nodes["master"].address == "192.168.56.10"
-    assert nodes["worker-1"].role == "worker" and nodes["worker-1"].port == 2222
 
 
 # --- the testinfra modules, run for real against this machine through a local-connection inventory ---------
@@ -308,19 +274,18 @@ def test_verify_command_refuses_an_unknown_check() -> None:
 # --- the catalogue of cluster checks and the workloads they create ----------------------------------------
 
 
-def test_every_promised_daemon_has_a_kill_check() -> None:
+def test_every_daemon_the_playbooks_install_has_a_kill_check() -> None:
+    """From the layout's units (what site.yml installs), not from the lists the checks are made from."""
     ids = [c.id for c in cluster_checks.CHECKS]
     assert len(ids) == len(set(ids))
-    for daemon in (
-        "kube-apiserver",
-        "kube-scheduler",
-        "kube-controller-manager",
-        "etcd",
-        "kubelet",
-        "containerd",
-        "kube-proxy",
-    ):
-        assert f"kill-{daemon}" in ids
+    daemons = [u.name for u in layout.UNITS if u.binary]
+    assert len(daemons) == 7
+    missing = [d for d in daemons if f"kill-{d}" not in ids]
+    assert not missing, f"no kill check for {missing}"
+    # and each is killed on a node of a role that runs it
+    for d in daemons:
+        on = "master" if d in cluster_checks.MASTER_DAEMONS else "worker"
+        assert on in layout.unit(d).roles, f"kill-{d} runs on a {on}, which has no {d}"
     # Destructive checks run last, the longest (a worker powered off) at the very end.
     assert ids[-1] == "worker-shutdown" and ids.index("nodes-ready") == 0
     assert all(c.expectation for c in cluster_checks.CHECKS)

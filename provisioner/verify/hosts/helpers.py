@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from testinfra.host import Host
 
+from provisioner import layout
+
 # Names the JSON file of expectations hostchecks.py writes for these modules.
 FACTS_ENV = "PROVISIONER_VERIFY_FACTS"
 
@@ -34,6 +36,20 @@ def running_programs(host: Host) -> set[str]:
     """Names of running processes, read from /proc (the minimal image has no ps)."""
     out = host.check_output("cat /proc/[0-9]*/comm 2>/dev/null || true")
     return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def assert_service(host: Host, unit: str) -> None:
+    """The unit is active and enabled at boot."""
+    service = host.service(unit)
+    assert service.is_running, f"{unit} is not active"
+    assert service.is_enabled, f"{unit} is not enabled at boot"
+
+
+def assert_listening(host: Host, unit: str) -> None:
+    """Something listens on every TCP port the layout gives the unit."""
+    wanted = {layout.PORTS[p] for p in layout.unit(unit).ports}
+    missing = sorted(wanted - listening_ports(host))
+    assert not missing, f"{unit}: nothing listens on port(s) {missing}"
 
 
 def listening_ports(host: Host) -> set[int]:

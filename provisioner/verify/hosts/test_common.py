@@ -8,15 +8,25 @@ import stat
 import pytest
 from testinfra.host import Host
 
+from provisioner import layout
 from provisioner.verify import certs
+from provisioner.verify.hosts.helpers import assert_service
 
 testinfra_hosts = ["ansible://k8s_cluster"]
 
-CONFIG_DIRS = ["/etc/kubernetes", "/etc/etcd"]
+CONFIG_DIRS = [layout.DIRS.kube]
 # A file holding any of these is a secret: private keys, kubeconfigs with client keys, the encryption key.
 SECRET_MARKERS = ["PRIVATE KEY", "client-key-data", "kind: EncryptionConfiguration"]
-SYSCTLS = {"net.ipv4.ip_forward": 1, "net.bridge.bridge-nf-call-iptables": 1, "net.bridge.bridge-nf-call-ip6tables": 1}
-MODULES = ["overlay", "br_netfilter"]
+SYSCTLS = layout.SYSCTLS
+MODULES = list(layout.KERNEL_MODULES)
+# Units every node runs, whatever its role.
+NODE_UNITS = [u for u in layout.UNITS if set(u.roles) == set(layout.ROLES)]
+
+
+@pytest.mark.parametrize("unit", [u.name for u in NODE_UNITS])
+def test_service(host: Host, unit: str) -> None:
+    """systemd unit {unit} is active and enabled"""
+    assert_service(host, unit)
 
 
 def _find(host: Host, expression: str) -> list[str]:
@@ -26,7 +36,7 @@ def _find(host: Host, expression: str) -> list[str]:
 
 
 def test_certificates_valid(host: Host) -> None:
-    """every certificate under /etc/kubernetes (files and kubeconfigs) is valid now and for 30+ days"""
+    """every certificate under the Kubernetes config dir (files and kubeconfigs) is valid now and for 30+ days"""
     now = datetime.datetime.now(datetime.UTC)
     files = _find(host, "-name '*.crt' -o -name '*.pem' -o -name '*.kubeconfig'")
     assert files, "no certificate or kubeconfig found under " + ", ".join(CONFIG_DIRS)

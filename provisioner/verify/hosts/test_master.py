@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 from testinfra.host import Host
 
+from provisioner import layout
 from provisioner.verify import certs
 from provisioner.verify.hosts.helpers import (
+    assert_listening,
+    assert_service,
     https_get,
-    listening_ports,
     node_name,
     running_programs,
     served_certificate_pem,
@@ -19,32 +21,30 @@ from provisioner.verify.hosts.helpers import (
 
 testinfra_hosts = ["ansible://masters"]
 
-CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
-# Ports each component listens on: etcd client and peer, the API, the two components' secure ports.
-PORTS = {"etcd": [2379, 2380], "kube-apiserver": [6443], "kube-controller-manager": [10257], "kube-scheduler": [10259]}
-# Nothing that runs containers belongs on the master: the seed promises a master without a container engine.
-FORBIDDEN = ["containerd", "containerd-shim-runc-v2", "ctr", "runc", "crictl", "kubelet", "kube-proxy"]
-PROGRAM_DIRS = ["/usr/local/bin", "/usr/local/sbin", "/usr/bin", "/usr/sbin", "/opt/cni/bin"]
-PKI = "/etc/kubernetes/pki"
+# The master's units (pod-network is checked on every node by test_common) and the ports each listens on.
+CONTROL_PLANE = [u for u in layout.units_for("master") if "worker" not in u.roles]
+# Nothing that runs containers belongs on the master: the seed promises a master without a container engine,
+# so none of the worker's binaries may be there.
+FORBIDDEN = [a.name for a in layout.files_for("worker") if a.kind == "bin" and "master" not in a.roles]
+PROGRAM_DIRS = [layout.DIRS.bin, "/usr/local/sbin", "/usr/bin", "/usr/sbin", layout.DIRS.cni_bin]
+PKI = layout.DIRS.pki
+KUBE = layout.DIRS.kube
 ETCDCTL = (
-    f"etcdctl --endpoints=https://127.0.0.1:2379 --cacert={PKI}/ca.crt "
+    f"etcdctl --endpoints=https://127.0.0.1:{layout.PORTS['etcd_client']} --cacert={PKI}/ca.crt "
     f"--cert={PKI}/apiserver-etcd-client.crt --key={PKI}/apiserver-etcd-client.key"
 )
 
 
-@pytest.mark.parametrize("unit", CONTROL_PLANE)
+@pytest.mark.parametrize("unit", [u.name for u in CONTROL_PLANE])
 def test_service(host: Host, unit: str) -> None:
     """systemd unit {unit} is active and enabled"""
-    service = host.service(unit)
-    assert service.is_running, f"{unit} is not active"
-    assert service.is_enabled, f"{unit} is not enabled at boot"
+    assert_service(host, unit)
 
 
-@pytest.mark.parametrize("unit", CONTROL_PLANE)
+@pytest.mark.parametrize("unit", [u.name for u in CONTROL_PLANE if u.ports])
 def test_listening(host: Host, unit: str) -> None:
     """{unit} listens on its TCP ports"""
-    missing = sorted(set(PORTS[unit]) - listening_ports(host))
-    assert not missing, f"{unit}: nothing listens on port(s) {missing}"
+    assert_listening(host, unit)
 
 
 def test_etcd_healthy(host: Host) -> None:
@@ -63,13 +63,15 @@ def test_apiserver_healthy(host: Host) -> None:
     """kube-apiserver /readyz answers ok on the master (through its local admin kubeconfig)"""
     # Three tries: on a busy emulated master one TLS handshake can exceed kubectl's fixed 10 s limit.
     for _ in range(3):
-        cmd = host.run("kubectl --kubeconfig=/etc/kubernetes/admin.kubeconfig --request-timeout=30s get --raw=/readyz")
+        cmd = host.run(f"kubectl --kubeconfig={KUBE}/admin.kubeconfig --request-timeout=30s get --raw=/readyz")
         if cmd.rc == 0 and cmd.stdout.strip() == "ok":
             return
     raise AssertionError((cmd.stdout + cmd.stderr).strip())
 
 
-@pytest.mark.parametrize("unit, port", [("kube-controller-manager", 10257), ("kube-scheduler", 10259)])
+@pytest.mark.parametrize(
+    "unit, port", [(u, layout.PORTS[layout.unit(u).ports[0]]) for u in ("kube-controller-manager", "kube-scheduler")]
+)
 def test_component_healthy(host: Host, unit: str, port: int) -> None:
     """{unit} /healthz on port {port} answers ok"""
     status, body = https_get(host, f"https://127.0.0.1:{port}/healthz")
@@ -94,7 +96,11 @@ def test_no_container_engine(programs: tuple[list[str], set[str]], program: str)
 
 
 # Where each certificate is served: etcd's client port is on loopback only, the others on the node address.
-SERVED = [("apiserver", "node-address", 6443), ("etcd-server", "127.0.0.1", 2379), ("etcd-peer", "node-address", 2380)]
+SERVED = [
+    ("apiserver", "node-address", layout.PORTS["apiserver"]),
+    ("etcd-server", "127.0.0.1", layout.PORTS["etcd_client"]),
+    ("etcd-peer", "node-address", layout.PORTS["etcd_peer"]),
+]
 
 
 @pytest.mark.parametrize("name, where, port", SERVED)

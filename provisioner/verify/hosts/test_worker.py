@@ -8,23 +8,26 @@ from typing import Any
 import pytest
 from testinfra.host import Host
 
+from provisioner import layout
 from provisioner.verify import certs
-from provisioner.verify.hosts.helpers import https_get, listening_ports, node_name
+from provisioner.verify.hosts.helpers import assert_listening, assert_service, https_get, node_name
 
 testinfra_hosts = ["ansible://workers"]
 
-WORKER_SERVICES = ["containerd", "kubelet", "kube-proxy"]
-# kubelet: 10250 API; kube-proxy: 10256 health. (kubelet's 10248 healthz is on loopback.)
-PORTS = {"kubelet": [10250, 10248], "kube-proxy": [10256]}
-HEALTH = {"kubelet": "http://127.0.0.1:10248/healthz", "kube-proxy": "http://127.0.0.1:10256/healthz"}
+# The worker's units (pod-network is checked on every node by test_common).
+WORKER_SERVICES = [u for u in layout.units_for("worker") if "master" not in u.roles]
+KUBELET_PORT = layout.PORTS["kubelet"]
+# The health endpoints, on loopback.
+HEALTH = {
+    "kubelet": f"http://127.0.0.1:{layout.PORTS['kubelet_healthz']}/healthz",
+    "kube-proxy": f"http://127.0.0.1:{layout.PORTS['kube_proxy_healthz']}/healthz",
+}
 
 
-@pytest.mark.parametrize("unit", WORKER_SERVICES)
+@pytest.mark.parametrize("unit", [u.name for u in WORKER_SERVICES])
 def test_service(host: Host, unit: str) -> None:
     """systemd unit {unit} is active and enabled"""
-    service = host.service(unit)
-    assert service.is_running, f"{unit} is not active"
-    assert service.is_enabled, f"{unit} is not enabled at boot"
+    assert_service(host, unit)
 
 
 def test_containerd_answers(host: Host) -> None:
@@ -33,11 +36,10 @@ def test_containerd_answers(host: Host) -> None:
     assert cmd.rc == 0 and "Server:" in cmd.stdout, (cmd.stdout + cmd.stderr).strip()
 
 
-@pytest.mark.parametrize("unit", sorted(PORTS))
+@pytest.mark.parametrize("unit", sorted(u.name for u in WORKER_SERVICES if u.ports))
 def test_listening(host: Host, unit: str) -> None:
     """{unit} listens on its TCP ports"""
-    missing = sorted(set(PORTS[unit]) - listening_ports(host))
-    assert not missing, f"{unit}: nothing listens on port(s) {missing}"
+    assert_listening(host, unit)
 
 
 @pytest.mark.parametrize("unit", sorted(HEALTH))
@@ -56,12 +58,12 @@ def test_image_present(host: Host, facts: dict[str, Any], image: str) -> None:
 
 
 def test_served_certificate(host: Host, facts: dict[str, Any]) -> None:
-    """the kubelet's serving certificate on port 10250 names the node and has 30+ days left"""
+    """the kubelet's serving certificate on its port names the node and has 30+ days left"""
     name = node_name(host)
     address = facts["nodes"][name]["address"]
-    served = certs.served_certificate(address, 10250)
+    served = certs.served_certificate(address, KUBELET_PORT)
     wanted = facts["certs"][f"kubelet-server-{name}"]
     missing = certs.missing_names(served, wanted["dns"], wanted["ips"])
-    assert not missing, f"kubelet on {address}:10250 lacks subject alternative names {missing}"
+    assert not missing, f"kubelet on {address}:{KUBELET_PORT} lacks subject alternative names {missing}"
     problems = certs.validity_problems(f"kubelet on {address}", served, datetime.datetime.now(datetime.UTC))
     assert not problems, "; ".join(problems)

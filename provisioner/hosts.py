@@ -1,0 +1,132 @@
+"""One record per node and one way to reach it (compare testinfra's backends, which parse a host once).
+
+`up` persists the hosts the provider reported into the state directory; `verify`, `ssh`, `scale` and the
+benchmarks load that list instead of asking the machines again or reading the generated inventory back.
+Every ssh command line and every set of SSH options (Ansible's, testinfra's, verify's) is built here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from provisioner.errors import ProvisionerError
+from provisioner.state import State
+
+
+@dataclass(frozen=True)
+class HostConnection:
+    """How to reach one node over SSH, as the machines report it (never guessed)."""
+
+    name: str
+    role: str
+    address: str  # the node's address on the cluster network
+    ssh_host: str
+    ssh_port: int
+    ssh_user: str
+    ssh_key: Path
+
+    def ssh_argv(self, options: Sequence[str], prefix: Sequence[str] = (), extra: Sequence[str] = ()) -> list[str]:
+        """The ssh command line that reaches this host; the remote command, if any, goes after it.
+
+        The user travels as `-l USER` and `--` ends the options, so neither a user nor a host name that
+        begins with `-` can reach ssh as an option (`-oProxyCommand=...`).
+        """
+        return [
+            *prefix,
+            "ssh",
+            *options,
+            *extra,
+            "-i",
+            str(self.ssh_key),
+            "-p",
+            str(self.ssh_port),
+            "-l",
+            self.ssh_user,
+            "--",
+            self.ssh_host,
+        ]
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "ssh_key": str(self.ssh_key)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> HostConnection:
+        return cls(
+            name=str(data["name"]),
+            role=str(data["role"]),
+            address=str(data["address"]),
+            ssh_host=str(data["ssh_host"]),
+            ssh_port=int(str(data["ssh_port"])),
+            ssh_user=str(data["ssh_user"]),
+            ssh_key=Path(str(data["ssh_key"])),
+        )
+
+
+def ssh_options(
+    known_hosts: Path,
+    *,
+    strict: bool,
+    control_dir: Path | None = None,
+    persist: str = "300s",
+    keepalive: int = 15,
+    connect_timeout: int = 15,
+) -> list[str]:
+    """The OpenSSH options every connection to a node uses.
+
+    strict: trust on first use, remembered in the cluster's known-hosts file, so a changed host key later
+    stops the connection (static hosts). Otherwise no host key is kept: lab VMs are made again with fresh
+    keys on the same addresses, inside a private namespace. One master connection per node persists,
+    because each new SSH handshake costs seconds on an emulated VM (under `control_dir` when given;
+    Ansible chooses its own path otherwise). A node that powers off sends no reset: keep-alives give up
+    on its connection after three missed ones (`keepalive` seconds apart) instead of hanging.
+    """
+    if strict:
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        keys = ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new"]
+    else:
+        keys = ["-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"]
+    control = ["-o", f"ControlPath={control_dir}/%C"] if control_dir is not None else []
+    if control_dir is not None:
+        control_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={connect_timeout}",
+        *keys,
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        f"ControlPersist={persist}",
+        *control,
+        "-o",
+        f"ServerAliveInterval={keepalive}",
+        "-o",
+        "ServerAliveCountMax=3",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+
+
+def save(state: State, hosts: Iterable[HostConnection]) -> None:
+    """Remember the hosts that exist now (written by `up`, `scale` and `reset`)."""
+    state.ensure()
+    state.hosts_file.write_text(json.dumps([h.to_json() for h in hosts], indent=2) + "\n")
+
+
+def load(state: State) -> list[HostConnection]:
+    """The hosts `up` last reported, in spec order."""
+    try:
+        data = json.loads(state.hosts_file.read_text())
+    except FileNotFoundError:
+        raise ProvisionerError(
+            str(state.hosts_file), "no host list: the cluster was never brought up", "run `provisioner up` first"
+        ) from None
+    except ValueError as exc:
+        raise ProvisionerError(
+            str(state.hosts_file), f"is not a host list ({exc})", "run `provisioner up` to write it again"
+        ) from None
+    return [HostConnection.from_json(h) for h in data]

@@ -1,0 +1,204 @@
+"""Where everything lives on a node and who gets what: the one table of paths, ports, files and units.
+
+Python owns it (compare kubeadm's constants.go and k0s's constant.go). `inventory.group_vars` emits it as
+the `layout` variable; the role defaults, templates, `reset`'s lists and `verify`'s probes all read it
+from there or from here, so a path, a port or a binary is named once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROLES = ("master", "worker")
+
+# The cluster's DNS domain: kubelets' clusterDomain, CoreDNS's zone, the apiserver certificate's names.
+CLUSTER_DOMAIN = "cluster.local"
+
+
+@dataclass(frozen=True)
+class Dirs:
+    """Directories on a node."""
+
+    bin: str = "/usr/local/bin"
+    units: str = "/etc/systemd/system"
+    kube: str = "/etc/kubernetes"  # kubeconfigs, component configuration, the encryption config
+    pki: str = "/etc/kubernetes/pki"
+    addons: str = "/etc/kubernetes/addons"
+    etcd_data: str = "/var/lib/etcd"
+    kubelet: str = "/var/lib/kubelet"
+    kube_proxy: str = "/var/lib/kube-proxy"
+    containerd_config: str = "/etc/containerd"
+    containerd_state: str = "/var/lib/containerd"
+    containerd_run: str = "/run/containerd"
+    cni_bin: str = "/opt/cni/bin"
+    cni_root: str = "/opt/cni"
+    cni_config_root: str = "/etc/cni"
+    cni_config: str = "/etc/cni/net.d"
+    cni_state: str = "/var/lib/cni"
+    provisioner: str = "/var/lib/provisioner"  # image archives waiting for import, the checksum cache
+    images: str = "/var/lib/provisioner/images"
+
+
+DIRS = Dirs()
+
+# Single configuration files outside the directories above.
+CONTAINERD_SOCKET = f"{DIRS.containerd_run}/containerd.sock"
+CRICTL_CONFIG = "/etc/crictl.yaml"
+SYSCTL_CONFIG = "/etc/sysctl.d/90-kubernetes.conf"
+MODULES_CONFIG = "/etc/modules-load.d/kubernetes.conf"
+
+# Every TCP port a component listens on.
+PORTS = {
+    "apiserver": 6443,
+    "etcd_client": 2379,
+    "etcd_peer": 2380,
+    "etcd_metrics": 2381,
+    "controller_manager": 10257,
+    "scheduler": 10259,
+    "kubelet": 10250,
+    "kubelet_healthz": 10248,
+    "kube_proxy_healthz": 10256,
+    "kube_proxy_metrics": 10249,
+}
+
+# Kernel modules and settings every node needs: overlay for containerd's snapshots, br_netfilter and the
+# bridge settings so bridged pod traffic meets iptables, forwarding for the pod routes between nodes.
+KERNEL_MODULES = ("overlay", "br_netfilter")
+SYSCTLS = {"net.ipv4.ip_forward": 1, "net.bridge.bridge-nf-call-iptables": 1, "net.bridge.bridge-nf-call-ip6tables": 1}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of the artifact set: its path in the set, the pinned component it comes from, who gets it."""
+
+    path: str  # bin/NAME, cni/NAME or images/NAME.tar
+    component: str  # attribute of versions.ComponentSet that pins it
+    roles: tuple[str, ...]  # node roles that install it; empty: used by the build only
+
+    @property
+    def name(self) -> str:
+        return self.path.split("/", 1)[1].removesuffix(".tar")
+
+    @property
+    def kind(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    @property
+    def target(self) -> str:
+        """Where a node keeps it."""
+        directory = {"bin": DIRS.bin, "cni": DIRS.cni_bin, "images": DIRS.images}[self.kind]
+        return f"{directory}/{self.path.split('/', 1)[1]}"
+
+    @property
+    def mode(self) -> str:
+        return "0644" if self.kind == "images" else "0755"
+
+
+_M, _W = ("master",), ("worker",)
+ARTIFACTS = (
+    Artifact("bin/kube-apiserver", "kubernetes", _M),
+    Artifact("bin/kube-controller-manager", "kubernetes", _M),
+    Artifact("bin/kube-scheduler", "kubernetes", _M),
+    Artifact("bin/kubelet", "kubernetes", _W),
+    Artifact("bin/kube-proxy", "kubernetes", _W),
+    # kubectl on the master: CoreDNS is applied from there; the admin machine runs the set's own copy.
+    Artifact("bin/kubectl", "kubernetes", _M),
+    Artifact("bin/etcd", "etcd", _M),
+    Artifact("bin/etcdctl", "etcd", _M),
+    Artifact("bin/containerd", "containerd", _W),
+    Artifact("bin/containerd-shim-runc-v2", "containerd", _W),
+    Artifact("bin/ctr", "containerd", _W),
+    Artifact("bin/runc", "runc", _W),
+    Artifact("bin/crictl", "crictl", _W),
+    # CoreDNS runs as a pod: its binary goes into the coredns image, not onto a node.
+    Artifact("bin/coredns", "coredns", ()),
+    Artifact("cni/bridge", "cni_plugins", _W),
+    Artifact("cni/host-local", "cni_plugins", _W),
+    Artifact("cni/loopback", "cni_plugins", _W),
+    Artifact("cni/portmap", "cni_plugins", _W),
+    Artifact("images/pause.tar", "pause", _W),
+    Artifact("images/agnhost.tar", "agnhost", _W),
+    Artifact("images/coredns.tar", "coredns", _W),
+)
+
+
+def artifacts_of(kind: str) -> tuple[Artifact, ...]:
+    return tuple(a for a in ARTIFACTS if a.kind == kind)
+
+
+def files_for(role: str) -> tuple[Artifact, ...]:
+    """The artifact-set files a node of this role installs."""
+    return tuple(a for a in ARTIFACTS if role in a.roles)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A systemd unit the playbooks install: on which nodes, the binary it runs, the ports it listens on."""
+
+    name: str
+    roles: tuple[str, ...]
+    binary: str | None  # bin/NAME of the artifact set; its checksum is written into the unit
+    ports: tuple[str, ...] = ()  # keys of PORTS
+
+
+# In the order the playbooks start them; reset stops them the other way round (consumers first).
+UNITS = (
+    Unit("pod-network", ROLES, None),
+    Unit("etcd", _M, "bin/etcd", ("etcd_client", "etcd_peer")),
+    Unit("kube-apiserver", _M, "bin/kube-apiserver", ("apiserver",)),
+    Unit("kube-controller-manager", _M, "bin/kube-controller-manager", ("controller_manager",)),
+    Unit("kube-scheduler", _M, "bin/kube-scheduler", ("scheduler",)),
+    Unit("containerd", _W, "bin/containerd"),
+    Unit("kubelet", _W, "bin/kubelet", ("kubelet", "kubelet_healthz")),
+    Unit("kube-proxy", _W, "bin/kube-proxy", ("kube_proxy_healthz",)),
+)
+
+
+def units_for(role: str) -> tuple[Unit, ...]:
+    return tuple(u for u in UNITS if role in u.roles)
+
+
+def unit(name: str) -> Unit:
+    return next(u for u in UNITS if u.name == name)
+
+
+# Everything the playbooks write outside the installed files and units: `reset` removes it all.
+OWNED_PATHS = (
+    DIRS.kube,
+    DIRS.containerd_config,
+    DIRS.cni_config_root,
+    CRICTL_CONFIG,
+    SYSCTL_CONFIG,
+    MODULES_CONFIG,
+    DIRS.cni_root,
+    DIRS.etcd_data,
+    DIRS.kubelet,
+    DIRS.kube_proxy,
+    DIRS.containerd_state,
+    DIRS.cni_state,
+    DIRS.provisioner,
+    DIRS.containerd_run,
+)
+
+
+def group_vars() -> dict[str, object]:
+    """The `layout` variable every play reads (plain data: dirs, files, ports, units per role)."""
+    return {
+        "dirs": {k: getattr(DIRS, k) for k in DIRS.__dataclass_fields__},
+        "cluster_domain": CLUSTER_DOMAIN,
+        "containerd_socket": CONTAINERD_SOCKET,
+        "crictl_config": CRICTL_CONFIG,
+        "sysctl_config": SYSCTL_CONFIG,
+        "modules_config": MODULES_CONFIG,
+        "kernel_modules": list(KERNEL_MODULES),
+        "sysctls": dict(SYSCTLS),
+        "ports": dict(PORTS),
+        # [artifact-set path, path on the node, mode] of every file a role installs (the node_files role).
+        "files": {role: [[a.path, a.target, a.mode] for a in files_for(role)] for role in ROLES},
+        "units": {role: [u.name for u in units_for(role)] for role in ROLES},
+        "reset": {
+            "units": [u.name for u in reversed(UNITS)],
+            "files": sorted({a.target for a in ARTIFACTS if a.roles}),
+            "paths": list(OWNED_PATHS),
+        },
+    }
