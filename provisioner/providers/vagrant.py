@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from provisioner import box, inventory, paths
 from provisioner.errors import MachineError, ToolMissing
 from provisioner.events import Phase, Progress
-from provisioner.providers import netns
+from provisioner.providers import libvirt, netns
 from provisioner.providers.base import HostConnection, MachineStatus, Provider
 from provisioner.spec import Node, VagrantProvider
 
@@ -148,6 +148,10 @@ class VagrantLab(Provider):
     def command_prefix(self) -> list[str]:
         return self.namespace.prefix if self.isolated else []
 
+    @property
+    def virsh(self) -> libvirt.Virsh:
+        return libvirt.Virsh(self.libvirt_uri, self.command_prefix())
+
     def artifact_server_address(self) -> str:
         # The host's own address on the management network, which libvirt gives the bridge: every VM has
         # a leg there (Vagrant's SSH goes through it), and it has no route out.
@@ -229,7 +233,7 @@ class VagrantLab(Provider):
                 self.namespace.ensure()
             self._write_lab_files()
             if self.provider.backend == "libvirt":
-                self._ensure_pool()
+                libvirt.ensure_pool(self.virsh, self.names["pool"], self.state.vagrant_dir / "pool")
             if self.own_box:
                 self._add_box(built)
             else:
@@ -287,18 +291,6 @@ class VagrantLab(Provider):
             # A public box carries Vagrant's insecure key and lets Vagrant insert a fresh one.
             del lab["ssh_key"], lab["ssh_user"]
         self.lab_file.write_text(json.dumps(lab, indent=2) + "\n")
-
-    def _ensure_pool(self) -> None:
-        """A directory pool for this lab's disks (vagrant-libvirt creates only a pool named `default`)."""
-        virsh = ["virsh", "-c", self.libvirt_uri]
-        pool = self.names["pool"]
-        path = self.state.vagrant_dir / "pool"
-        path.mkdir(parents=True, exist_ok=True)
-        if pool not in self.run_in_lab([*virsh, "pool-list", "--all", "--name"]).stdout.split():
-            self.run_in_lab([*virsh, "pool-define-as", pool, "dir", "--target", str(path)])
-        info = self.run_in_lab([*virsh, "pool-info", pool]).stdout
-        if "running" not in info:
-            self.run_in_lab([*virsh, "pool-start", pool])
 
     def _add_box(self, built: box.Box) -> None:
         """Add the cached box to this cluster's private Vagrant home, once per box digest."""
@@ -429,7 +421,14 @@ class VagrantLab(Provider):
                     except subprocess.CalledProcessError as exc:
                         phase.progress(f"vagrant destroy failed ({exc.returncode}); removing libvirt objects directly")
                 if self.provider.backend == "libvirt":
-                    self._remove_libvirt_objects(phase)
+                    names = self.names
+                    libvirt.remove_lab_objects(
+                        self.virsh,
+                        names["prefix"],
+                        [names["management_network"], names["cluster_network"]],
+                        names["pool"],
+                        phase.progress,
+                    )
             if isolated:
                 phase.progress(f"stopping libvirtd/virtlogd, deleting namespace {self.namespace.name}")
                 self.namespace.delete()
@@ -439,29 +438,6 @@ class VagrantLab(Provider):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-
-    def _remove_libvirt_objects(self, phase: Phase) -> None:
-        """What `vagrant destroy` leaves (networks, the pool and its box volume) or missed (domains)."""
-        prefix = self.names["prefix"]
-        virsh = ["virsh", "-c", self.libvirt_uri]
-        domains = self.run_in_lab([*virsh, "list", "--all", "--name"], check=False).stdout.split()
-        for domain in (d for d in domains if d.startswith(prefix)):
-            phase.progress(f"removing leftover domain {domain}")
-            self.run_in_lab([*virsh, "destroy", domain], check=False)
-            self.run_in_lab([*virsh, "undefine", domain, "--remove-all-storage", "--nvram"], check=False)
-        networks = self.run_in_lab([*virsh, "net-list", "--all", "--name"], check=False).stdout.split()
-        for network in (self.names["management_network"], self.names["cluster_network"]):
-            if network in networks:
-                self.run_in_lab([*virsh, "net-destroy", network], check=False)
-                self.run_in_lab([*virsh, "net-undefine", network])
-        pools = self.run_in_lab([*virsh, "pool-list", "--all", "--name"], check=False).stdout.split()
-        pool = self.names["pool"]
-        if pool in pools:
-            volumes = self.run_in_lab([*virsh, "vol-list", pool, "--name"], check=False).stdout.split()
-            for volume in volumes:
-                self.run_in_lab([*virsh, "vol-delete", volume, "--pool", pool], check=False)
-            self.run_in_lab([*virsh, "pool-destroy", pool], check=False)
-            self.run_in_lab([*virsh, "pool-undefine", pool])
 
 
 def _stream(v: Any, args: list[str]) -> Iterator[str]:
