@@ -1,4 +1,4 @@
-"""Lab VMs: Vagrant with vagrant-libvirt, driven through python-vagrant, isolated in a network namespace.
+"""Lab VMs: Vagrant with vagrant-libvirt, driven through its command line, isolated in a network namespace.
 
 The top-level Vagrantfile defines the VMs from two generated JSON files (the machine list and the lab
 settings). Vagrant runs with its home and dotfiles under the cluster's state directory, and, when the lab
@@ -15,11 +15,9 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import vagrant as python_vagrant
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -28,6 +26,7 @@ from provisioner.errors import MachineError, ToolMissing
 from provisioner.events import Phase, Progress
 from provisioner.providers import libvirt, netns
 from provisioner.providers.base import HostConnection, MachineStatus, Provider
+from provisioner.providers.vagrant_cli import VagrantCLI
 from provisioner.spec import Node, VagrantProvider
 
 MANAGEMENT_SUBNET = ipaddress.IPv4Network("192.168.121.0/24")
@@ -100,19 +99,6 @@ def generate_ssh_key(private: Path) -> None:
     tmp.chmod(0o600)
     tmp.rename(private)
     private.with_name(private.name + ".pub").write_bytes(public + b" provisioner\n")
-
-
-class _Vagrant(python_vagrant.Vagrant):
-    """python-vagrant, but every vagrant command runs behind a prefix (the lab namespace)."""
-
-    def __init__(self, prefix: list[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
-        self.prefix = prefix
-
-    # python-vagrant builds each command here; prepending the prefix keeps all its parsing.
-    def _make_vagrant_command(self, args: list[str | None]) -> list[str]:
-        command: list[str] = super()._make_vagrant_command(args)  # type: ignore[no-untyped-call]
-        return [*self.prefix, *command]
 
 
 class VagrantLab(Provider):
@@ -189,7 +175,7 @@ class VagrantLab(Provider):
     def lab_file(self) -> Path:
         return self.state.vagrant_dir / "lab.json"
 
-    def _vagrant(self) -> Any:  # python-vagrant is untyped
+    def _vagrant(self) -> VagrantCLI:
         vdir = self.state.vagrant_dir
         env = dict(os.environ)
         env.update(
@@ -204,8 +190,7 @@ class VagrantLab(Provider):
             }
         )
         # Vagrant's own output goes to a log beside the lab, read back for error messages: the core never prints.
-        log = python_vagrant.make_file_cm(str(self.vagrant_log))  # type: ignore[no-untyped-call]
-        return _Vagrant(self.command_prefix(), root=str(paths.REPO_ROOT), env=env, out_cm=log, err_cm=log)
+        return VagrantCLI(self.command_prefix(), paths.REPO_ROOT, env, self.vagrant_log)
 
     @property
     def vagrant_log(self) -> Path:
@@ -299,7 +284,7 @@ class VagrantLab(Provider):
             return
         self.bus.emit(Progress("machines", f"adding box {built.name} ({built.digest})"))
         try:
-            self._vagrant().box_add(built.name, str(built.path), provider="libvirt", force=True)
+            self._vagrant().box_add(built.name, built.path, "libvirt")
         except subprocess.CalledProcessError as exc:
             raise MachineError(
                 f"box {built.name}", f"`vagrant box add {built.path}` failed ({exc.returncode})"
@@ -307,8 +292,7 @@ class VagrantLab(Provider):
         marker.write_text(built.digest + "\n")
 
     def _require_named_box(self) -> None:
-        boxes = {b.name for b in self._vagrant().box_list()}
-        if self.provider.box not in boxes:
+        if self.provider.box not in self._vagrant().box_names():
             raise MachineError(
                 f"box {self.provider.box}",
                 "is not in this lab's Vagrant home and the lab cannot download it",
@@ -317,11 +301,8 @@ class VagrantLab(Provider):
             )
 
     def _up(self, targets: list[Node]) -> None:
-        v = self._vagrant()
-        # One `vagrant up` for all targets: vagrant-libvirt starts them in parallel.
-        args = ["up", "--provider", self.provider.backend, "--no-provision", *[n.name for n in targets]]
         try:
-            for line in _stream(v, args):
+            for line in self._vagrant().up([n.name for n in targets], self.provider.backend):
                 if line.startswith("==> ") and ":" in line:
                     host, _, message = line[4:].partition(":")
                     message = message.strip()
@@ -352,7 +333,7 @@ class VagrantLab(Provider):
             return {}
         self._write_lab_files()
         # Vagrant's machine-readable names ("not_created") read as this tool's ("not created")
-        return {s.name: s.state.replace("_", " ") for s in self._vagrant().status()}
+        return {name: state.replace("_", " ") for name, state in self._vagrant().status().items()}
 
     def _lab_reachable(self) -> bool:
         return self.namespace.running() if self.isolated else True
@@ -368,7 +349,7 @@ class VagrantLab(Provider):
         else:
             configs = {}
             for node in running:
-                configs.update(parse_ssh_config(v.ssh_config(vm_name=node.name)))
+                configs.update(parse_ssh_config(v.ssh_config(node.name)))
         hosts = []
         for node in running:
             conf = configs.get(node.name)
@@ -404,7 +385,7 @@ class VagrantLab(Provider):
                     v = self._vagrant()
                     for node in nodes:
                         phase.progress("vagrant destroy", node.name)
-                        v.destroy(vm_name=node.name)
+                        v.destroy(node.name)
                         if self.isolated:
                             netns.forget_neighbour(self.command_prefix(), str(node.address))
                 return
@@ -438,13 +419,6 @@ class VagrantLab(Provider):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-
-
-def _stream(v: Any, args: list[str]) -> Iterator[str]:
-    # python-vagrant's up() takes one VM name; its streaming helper runs `vagrant up` with several.
-    lines: Iterator[str] = v._stream_vagrant_command(args)
-    for line in lines:
-        yield line.rstrip()
 
 
 def _require_vagrant(backend: str) -> None:
