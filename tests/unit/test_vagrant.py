@@ -107,10 +107,39 @@ def test_lab_settings_carry_each_nodes_identity(lab: VagrantLab) -> None:
     assert base64.b64decode(key) == public
 
 
-def test_namespace_isolation_prefixes_every_lab_command(lab: VagrantLab) -> None:
+@pytest.mark.parametrize(
+    ("system_libvirtd", "namespace_exists", "isolated"),
+    [(False, False, True), (True, False, False), (True, True, True)],
+    ids=["no-system-libvirtd", "system-libvirtd", "system-libvirtd-but-lab-namespace-exists"],
+)
+def test_namespace_isolation_prefixes_every_lab_command(
+    lab: VagrantLab, monkeypatch: pytest.MonkeyPatch, system_libvirtd: bool, namespace_exists: bool, isolated: bool
+) -> None:
+    """isolation: auto uses the lab's namespace unless a system libvirtd exists and no lab namespace does."""
     assert lab.provider.isolation == "auto"
-    if not netns.system_libvirtd_available():
-        assert lab.command_prefix() == ["ip", "netns", "exec", "prov-lab"]
+    monkeypatch.setattr(netns, "system_libvirtd_available", lambda: system_libvirtd)
+    monkeypatch.setattr(netns.LabNamespace, "exists", lambda self: namespace_exists)
+    ran: list[list[str]] = []
+
+    def record(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", record)
+    lab.state.vagrant_dir.mkdir(parents=True)
+    lab.run_in_lab(["ip", "neigh"])
+    lab.virsh.run("version")
+    lab._vagrant().status()
+
+    prefix = ["ip", "netns", "exec", "prov-lab"] if isolated else []
+    assert lab.command_prefix() == prefix
+    uri = "qemu:///system?socket=/run/provisioner/prov-lab/libvirt-sock" if isolated else "qemu:///system"
+    assert lab.libvirt_uri == uri
+    assert ran == [
+        [*prefix, "ip", "neigh"],
+        [*prefix, "virsh", "-c", uri, "version"],
+        [*prefix, "vagrant", "status", "--machine-readable"],
+    ]
 
 
 # `vagrant status --machine-readable` from vagrant-libvirt: one machine running, one halted, one never made.
