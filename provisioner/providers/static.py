@@ -5,21 +5,13 @@ Nothing is created or destroyed: `create` checks that every host is ready, `dest
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from provisioner import preflight
-from provisioner.events import EventBus, Phase
+from provisioner.events import Phase
 from provisioner.providers.base import HostConnection, MachineStatus, Provider
-from provisioner.spec import Cluster, Node, SSHSpec, resolve_key
-from provisioner.state import State
+from provisioner.spec import Node, SSHSpec
 
 
 class StaticHosts(Provider):
-    def __init__(self, cluster: Cluster, state: State, bus: EventBus, spec_file: Path | None = None) -> None:
-        super().__init__(cluster, state, bus)
-        # Key paths in the spec are relative to the spec file's folder; without it, to the working directory.
-        self.spec_file = spec_file or Path.cwd() / "cluster.yaml"
-
     def _connection(self, node: Node) -> HostConnection:
         ssh = node.ssh or SSHSpec()
         assert ssh.key is not None, "the spec validator requires a key for every static host"
@@ -30,7 +22,7 @@ class StaticHosts(Provider):
             ssh_host=str(node.address),
             ssh_port=ssh.port,
             ssh_user=ssh.user,
-            ssh_key=resolve_key(self.spec_file, ssh.key),
+            ssh_key=ssh.key,  # absolute since loading: spec.load resolves it against the spec file's folder
         )
 
     def _selected(self, nodes: list[Node] | None) -> list[HostConnection]:

@@ -379,7 +379,7 @@ def test_static_hosts_come_from_the_spec(tmp_path: Path) -> None:
         },
     }
     cluster = spec.parse(data, base_dir=tmp_path)
-    provider = StaticHosts(cluster, State(tmp_path / "state"), EventBus(), spec_file=tmp_path / "cluster.yaml")
+    provider = StaticHosts(cluster, State(tmp_path / "state"), EventBus())
     hosts = {h.name: h for h in provider.hosts()}
     assert hosts["m"].ssh_key == key and hosts["m"].ssh_user == "admin" and hosts["m"].ssh_port == 22
     assert hosts["w"].ssh_host == "10.0.0.3" and hosts["w"].ssh_port == 2222 and hosts["w"].ssh_user == "root"
