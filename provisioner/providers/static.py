@@ -1,6 +1,7 @@
 """Existing hosts listed in the spec (bare metal, or any machine with SSH), reached with a key.
 
-Nothing is created or destroyed: `create` checks that every host is ready, `destroy` leaves them alone.
+Nothing is created or destroyed: `create` only lists the hosts (`up`'s preflight then checks that each is
+ready, as for every provider), `destroy` leaves them alone.
 """
 
 from __future__ import annotations
@@ -25,14 +26,7 @@ class StaticHosts(Provider):
             ssh_key=ssh.key,  # absolute since loading: spec.load resolves it against the spec file's folder
         )
 
-    def _selected(self, nodes: list[Node] | None) -> list[HostConnection]:
-        names = {n.name for n in nodes} if nodes else None
-        return [self._connection(n) for n in self.cluster.spec.nodes if names is None or n.name in names]
-
     def create(self, nodes: list[Node] | None = None) -> list[HostConnection]:
-        hosts = self._selected(nodes)
-        with Phase(self.bus, "machines", f"{len(hosts)} static host(s)"):
-            preflight.check(hosts, self.command_prefix())
         return self.hosts()
 
     def destroy(self, nodes: list[Node] | None = None) -> None:
@@ -40,7 +34,7 @@ class StaticHosts(Provider):
             pass
 
     def hosts(self) -> list[HostConnection]:
-        return self._selected(None)
+        return [self._connection(n) for n in self.cluster.spec.nodes]
 
     def status(self) -> list[MachineStatus]:
         results = {r.name: r for r in preflight.probe(self.hosts(), self.command_prefix())}
