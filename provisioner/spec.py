@@ -395,9 +395,3 @@ def _static_ssh_problems(where: str, node: Node, base_dir: Path | None) -> list[
     if not key.expanduser().is_file():
         return [f"{where}.ssh.key: {str(node.ssh.key)!r} is not a file; give an existing private key path"]
     return []
-
-
-def resolve_key(cluster_file: Path, key: Path) -> Path:
-    """A key path in the spec is relative to the spec file's folder."""
-    key = key.expanduser()
-    return key if key.is_absolute() else (cluster_file.parent / key).resolve()

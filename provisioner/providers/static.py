@@ -1,26 +1,19 @@
 """Existing hosts listed in the spec (bare metal, or any machine with SSH), reached with a key.
 
-Nothing is created or destroyed: `create` checks that every host is ready, `destroy` leaves them alone.
+Nothing is created or destroyed: `create` only lists the hosts (`up`'s preflight then checks that each is
+ready, as for every provider), `destroy` leaves them alone.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from provisioner import preflight
-from provisioner.events import EventBus, Phase
+from provisioner.events import Phase
 from provisioner.hosts import HostConnection
 from provisioner.providers.base import MachineStatus, Provider
-from provisioner.spec import Cluster, Node, SSHSpec, resolve_key
-from provisioner.state import State
+from provisioner.spec import Node, SSHSpec
 
 
 class StaticHosts(Provider):
-    def __init__(self, cluster: Cluster, state: State, bus: EventBus, spec_file: Path | None = None) -> None:
-        super().__init__(cluster, state, bus)
-        # Key paths in the spec are relative to the spec file's folder; without it, to the working directory.
-        self.spec_file = spec_file or Path.cwd() / "cluster.yaml"
-
     def _connection(self, node: Node) -> HostConnection:
         ssh = node.ssh or SSHSpec()
         assert ssh.key is not None, "the spec validator requires a key for every static host"
@@ -31,17 +24,10 @@ class StaticHosts(Provider):
             ssh_host=str(node.address),
             ssh_port=ssh.port,
             ssh_user=ssh.user,
-            ssh_key=resolve_key(self.spec_file, ssh.key),
+            ssh_key=ssh.key,  # absolute since loading: spec.load resolves it against the spec file's folder
         )
 
-    def _selected(self, nodes: list[Node] | None) -> list[HostConnection]:
-        names = {n.name for n in nodes} if nodes else None
-        return [self._connection(n) for n in self.cluster.spec.nodes if names is None or n.name in names]
-
     def create(self, nodes: list[Node] | None = None) -> list[HostConnection]:
-        hosts = self._selected(nodes)
-        with Phase(self.bus, "machines", f"{len(hosts)} static host(s)"):
-            preflight.check(hosts, self.command_prefix())
         return self.hosts()
 
     def destroy(self, nodes: list[Node] | None = None) -> None:
@@ -49,7 +35,7 @@ class StaticHosts(Provider):
             pass
 
     def hosts(self) -> list[HostConnection]:
-        return self._selected(None)
+        return [self._connection(n) for n in self.cluster.spec.nodes]
 
     def status(self) -> list[MachineStatus]:
         results = {r.name: r for r in preflight.probe(self.hosts(), self.command_prefix())}

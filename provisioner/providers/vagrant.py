@@ -1,4 +1,4 @@
-"""Lab VMs: Vagrant with vagrant-libvirt, driven through python-vagrant, isolated in a network namespace.
+"""Lab VMs: Vagrant with vagrant-libvirt, driven through its command line, isolated in a network namespace.
 
 The top-level Vagrantfile defines the VMs from two generated JSON files (the machine list and the lab
 settings). Vagrant runs with its home and dotfiles under the cluster's state directory, and, when the lab
@@ -15,11 +15,9 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import vagrant as python_vagrant
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -27,8 +25,9 @@ from provisioner import box, inventory, paths
 from provisioner.errors import MachineError, ToolMissing
 from provisioner.events import Phase, Progress
 from provisioner.hosts import HostConnection
-from provisioner.providers import netns
+from provisioner.providers import libvirt, netns
 from provisioner.providers.base import MachineStatus, Provider
+from provisioner.providers.vagrant_cli import VagrantCLI
 from provisioner.spec import Node, VagrantProvider
 
 MANAGEMENT_SUBNET = ipaddress.IPv4Network("192.168.121.0/24")
@@ -103,19 +102,6 @@ def generate_ssh_key(private: Path) -> None:
     private.with_name(private.name + ".pub").write_bytes(public + b" provisioner\n")
 
 
-class _Vagrant(python_vagrant.Vagrant):
-    """python-vagrant, but every vagrant command runs behind a prefix (the lab namespace)."""
-
-    def __init__(self, prefix: list[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
-        self.prefix = prefix
-
-    # python-vagrant builds each command here; prepending the prefix keeps all its parsing.
-    def _make_vagrant_command(self, args: list[str | None]) -> list[str]:
-        command: list[str] = super()._make_vagrant_command(args)  # type: ignore[no-untyped-call]
-        return [*self.prefix, *command]
-
-
 class VagrantLab(Provider):
     @property
     def provider(self) -> VagrantProvider:
@@ -148,6 +134,10 @@ class VagrantLab(Provider):
 
     def command_prefix(self) -> list[str]:
         return self.namespace.prefix if self.isolated else []
+
+    @property
+    def virsh(self) -> libvirt.Virsh:
+        return libvirt.Virsh(self.libvirt_uri, self.command_prefix())
 
     def artifact_server_address(self) -> str:
         # The host's own address on the management network, which libvirt gives the bridge: every VM has
@@ -186,7 +176,7 @@ class VagrantLab(Provider):
     def lab_file(self) -> Path:
         return self.state.vagrant_dir / "lab.json"
 
-    def _vagrant(self) -> Any:  # python-vagrant is untyped
+    def _vagrant(self) -> VagrantCLI:
         vdir = self.state.vagrant_dir
         env = dict(os.environ)
         env.update(
@@ -201,8 +191,7 @@ class VagrantLab(Provider):
             }
         )
         # Vagrant's own output goes to a log beside the lab, read back for error messages: the core never prints.
-        log = python_vagrant.make_file_cm(str(self.vagrant_log))  # type: ignore[no-untyped-call]
-        return _Vagrant(self.command_prefix(), root=str(paths.REPO_ROOT), env=env, out_cm=log, err_cm=log)
+        return VagrantCLI(self.command_prefix(), paths.REPO_ROOT, env, self.vagrant_log)
 
     @property
     def vagrant_log(self) -> Path:
@@ -230,7 +219,7 @@ class VagrantLab(Provider):
                 self.namespace.ensure()
             self._write_lab_files()
             if self.provider.backend == "libvirt":
-                self._ensure_pool()
+                libvirt.ensure_pool(self.virsh, self.names["pool"], self.state.vagrant_dir / "pool")
             if self.own_box:
                 self._add_box(built)
             else:
@@ -289,18 +278,6 @@ class VagrantLab(Provider):
             del lab["ssh_key"], lab["ssh_user"]
         self.lab_file.write_text(json.dumps(lab, indent=2) + "\n")
 
-    def _ensure_pool(self) -> None:
-        """A directory pool for this lab's disks (vagrant-libvirt creates only a pool named `default`)."""
-        virsh = ["virsh", "-c", self.libvirt_uri]
-        pool = self.names["pool"]
-        path = self.state.vagrant_dir / "pool"
-        path.mkdir(parents=True, exist_ok=True)
-        if pool not in self.run_in_lab([*virsh, "pool-list", "--all", "--name"]).stdout.split():
-            self.run_in_lab([*virsh, "pool-define-as", pool, "dir", "--target", str(path)])
-        info = self.run_in_lab([*virsh, "pool-info", pool]).stdout
-        if "running" not in info:
-            self.run_in_lab([*virsh, "pool-start", pool])
-
     def _add_box(self, built: box.Box) -> None:
         """Add the cached box to this cluster's private Vagrant home, once per box digest."""
         marker = self.state.vagrant_dir / "home" / "provisioner-box.digest"
@@ -308,7 +285,7 @@ class VagrantLab(Provider):
             return
         self.bus.emit(Progress("machines", f"adding box {built.name} ({built.digest})"))
         try:
-            self._vagrant().box_add(built.name, str(built.path), provider="libvirt", force=True)
+            self._vagrant().box_add(built.name, built.path, "libvirt")
         except subprocess.CalledProcessError as exc:
             raise MachineError(
                 f"box {built.name}", f"`vagrant box add {built.path}` failed ({exc.returncode})"
@@ -316,8 +293,7 @@ class VagrantLab(Provider):
         marker.write_text(built.digest + "\n")
 
     def _require_named_box(self) -> None:
-        boxes = {b.name for b in self._vagrant().box_list()}
-        if self.provider.box not in boxes:
+        if self.provider.box not in self._vagrant().box_names():
             raise MachineError(
                 f"box {self.provider.box}",
                 "is not in this lab's Vagrant home and the lab cannot download it",
@@ -326,11 +302,8 @@ class VagrantLab(Provider):
             )
 
     def _up(self, targets: list[Node]) -> None:
-        v = self._vagrant()
-        # One `vagrant up` for all targets: vagrant-libvirt starts them in parallel.
-        args = ["up", "--provider", self.provider.backend, "--no-provision", *[n.name for n in targets]]
         try:
-            for line in _stream(v, args):
+            for line in self._vagrant().up([n.name for n in targets], self.provider.backend):
                 if line.startswith("==> ") and ":" in line:
                     host, _, message = line[4:].partition(":")
                     message = message.strip()
@@ -361,7 +334,7 @@ class VagrantLab(Provider):
             return {}
         self._write_lab_files()
         # Vagrant's machine-readable names ("not_created") read as this tool's ("not created")
-        return {s.name: s.state.replace("_", " ") for s in self._vagrant().status()}
+        return {name: state.replace("_", " ") for name, state in self._vagrant().status().items()}
 
     def _lab_reachable(self) -> bool:
         return self.namespace.running() if self.isolated else True
@@ -377,7 +350,7 @@ class VagrantLab(Provider):
         else:
             configs = {}
             for node in running:
-                configs.update(parse_ssh_config(v.ssh_config(vm_name=node.name)))
+                configs.update(parse_ssh_config(v.ssh_config(node.name)))
         hosts = []
         for node in running:
             conf = configs.get(node.name)
@@ -413,7 +386,7 @@ class VagrantLab(Provider):
                     v = self._vagrant()
                     for node in nodes:
                         phase.progress("vagrant destroy", node.name)
-                        v.destroy(vm_name=node.name)
+                        v.destroy(node.name)
                         if self.isolated:
                             netns.forget_neighbour(self.command_prefix(), str(node.address))
                 return
@@ -430,7 +403,14 @@ class VagrantLab(Provider):
                     except subprocess.CalledProcessError as exc:
                         phase.progress(f"vagrant destroy failed ({exc.returncode}); removing libvirt objects directly")
                 if self.provider.backend == "libvirt":
-                    self._remove_libvirt_objects(phase)
+                    names = self.names
+                    libvirt.remove_lab_objects(
+                        self.virsh,
+                        names["prefix"],
+                        [names["management_network"], names["cluster_network"]],
+                        names["pool"],
+                        phase.progress,
+                    )
             if isolated:
                 phase.progress(f"stopping libvirtd/virtlogd, deleting namespace {self.namespace.name}")
                 self.namespace.delete()
@@ -440,36 +420,6 @@ class VagrantLab(Provider):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-
-    def _remove_libvirt_objects(self, phase: Phase) -> None:
-        """What `vagrant destroy` leaves (networks, the pool and its box volume) or missed (domains)."""
-        prefix = self.names["prefix"]
-        virsh = ["virsh", "-c", self.libvirt_uri]
-        domains = self.run_in_lab([*virsh, "list", "--all", "--name"], check=False).stdout.split()
-        for domain in (d for d in domains if d.startswith(prefix)):
-            phase.progress(f"removing leftover domain {domain}")
-            self.run_in_lab([*virsh, "destroy", domain], check=False)
-            self.run_in_lab([*virsh, "undefine", domain, "--remove-all-storage", "--nvram"], check=False)
-        networks = self.run_in_lab([*virsh, "net-list", "--all", "--name"], check=False).stdout.split()
-        for network in (self.names["management_network"], self.names["cluster_network"]):
-            if network in networks:
-                self.run_in_lab([*virsh, "net-destroy", network], check=False)
-                self.run_in_lab([*virsh, "net-undefine", network])
-        pools = self.run_in_lab([*virsh, "pool-list", "--all", "--name"], check=False).stdout.split()
-        pool = self.names["pool"]
-        if pool in pools:
-            volumes = self.run_in_lab([*virsh, "vol-list", pool, "--name"], check=False).stdout.split()
-            for volume in volumes:
-                self.run_in_lab([*virsh, "vol-delete", volume, "--pool", pool], check=False)
-            self.run_in_lab([*virsh, "pool-destroy", pool], check=False)
-            self.run_in_lab([*virsh, "pool-undefine", pool])
-
-
-def _stream(v: Any, args: list[str]) -> Iterator[str]:
-    # python-vagrant's up() takes one VM name; its streaming helper runs `vagrant up` with several.
-    lines: Iterator[str] = v._stream_vagrant_command(args)
-    for line in lines:
-        yield line.rstrip()
 
 
 def _require_vagrant(backend: str) -> None:

@@ -126,7 +126,7 @@ def test_static_provider_reaches_the_lab_vms(lab: VagrantLab, tmp_path: Path) ->
         "from provisioner import spec; from provisioner.events import EventBus; from provisioner.state import State\n"
         "from provisioner.providers.static import StaticHosts\n"
         f"c = spec.load(Path({str(spec_file)!r}))\n"
-        f"p = StaticHosts(c, State(Path({str(tmp_path / 'state')!r})), EventBus(), Path({str(spec_file)!r}))\n"
+        f"p = StaticHosts(c, State(Path({str(tmp_path / 'state')!r})), EventBus())\n"
         "p.create()\n"
         "json.dump([[s.name, s.state, s.address] for s in p.status()], sys.stdout)\n"
     )

@@ -1,15 +1,20 @@
-"""Pieces of `up` that need no machine: merging the admin kubeconfig into a user's kubeconfig."""
+"""Pieces of `up` that need no machine: merging the admin kubeconfig into a user's kubeconfig, preflight."""
 
 from __future__ import annotations
 
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import yaml
 from pytest import MonkeyPatch
 from typer.testing import CliRunner
 
-from provisioner import cli, lifecycle, paths, pki, spec
+from provisioner import cli, inventory, lifecycle, paths, pki, preflight, spec
+from provisioner.errors import MachineError
+from provisioner.events import EventBus
+from provisioner.providers.base import HostConnection
 from provisioner.state import State
 
 
@@ -67,3 +72,56 @@ def test_reset_playbook_runs_the_reset_role_on_every_node() -> None:
     plays = yaml.safe_load((paths.REPO_ROOT / "playbooks" / "reset.yml").read_text())
     assert [(p["hosts"], [r["role"] for r in p["roles"]]) for p in plays] == [("k8s_cluster", ["reset"])]
     # What the reset role removes is resolved and held to the layout in test_layout.py.
+
+
+class _StopAfterPreflight(Exception):
+    pass
+
+
+def _static_cluster(tmp_path: Path) -> spec.Cluster:
+    (tmp_path / "id").write_text("k")
+    nodes = [("m", "master", "10.0.0.2"), ("w1", "worker", "10.0.0.3"), ("w2", "worker", "10.0.0.4")]
+    data = {
+        "apiVersion": "provisioner.dev/v1alpha1",
+        "kind": "Cluster",
+        "metadata": {"name": "metal"},
+        "spec": {
+            "provider": {"type": "static"},
+            "network": {"nodeSubnet": "10.0.0.0/24", "podSubnet": "10.244.0.0/16"},
+            "nodes": [{"name": n, "role": r, "address": a, "ssh": {"key": "id"}} for n, r, a in nodes],
+        },
+    }
+    return spec.parse(data, base_dir=tmp_path)
+
+
+def _up_until_inventory(
+    tmp_path: Path, monkeypatch: MonkeyPatch, ready: bool, limit: list[str] | None
+) -> list[list[str]]:
+    """Run `up` on static hosts up to the step after preflight; the host lists preflight probed, in order."""
+    probed: list[list[str]] = []
+
+    def probe(hosts: list[HostConnection], prefix: list[str]) -> list[preflight.Result]:
+        probed.append([h.name for h in hosts])
+        return [preflight.Result(h.name, f"{h.ssh_host}:{h.ssh_port}", ready, "" if ready else "no") for h in hosts]
+
+    def stop(*args: object) -> None:
+        raise _StopAfterPreflight
+
+    monkeypatch.setattr(lifecycle, "ensure_artifacts", lambda *args, **kwargs: SimpleNamespace(root=tmp_path))
+    monkeypatch.setattr(preflight, "probe", probe)
+    monkeypatch.setattr(inventory, "write", stop)
+    with pytest.raises(_StopAfterPreflight if ready else MachineError):
+        lifecycle.up(_static_cluster(tmp_path), State(tmp_path / "state"), EventBus(), limit=limit)
+    return probed
+
+
+@pytest.mark.parametrize(("limit", "checked"), [(None, ["m", "w1", "w2"]), (["w2"], ["w2"])], ids=["up", "scale"])
+def test_up_checks_static_hosts_once(
+    tmp_path: Path, monkeypatch: MonkeyPatch, limit: list[str] | None, checked: list[str]
+) -> None:
+    """`up` (and `scale`, which is `up` limited to the new nodes) runs preflight once on the hosts it converges."""
+    assert _up_until_inventory(tmp_path, monkeypatch, True, limit) == [checked]
+
+
+def test_up_stops_at_preflight_when_a_static_host_is_not_ready(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    assert _up_until_inventory(tmp_path, monkeypatch, False, None) == [["m", "w1", "w2"]]

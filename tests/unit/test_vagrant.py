@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from provisioner import paths, preflight, spec
 from provisioner.errors import MachineError, ToolMissing
-from provisioner.events import EventBus
+from provisioner.events import EventBus, Progress, Recorder
 from provisioner.hosts import HostConnection
 from provisioner.providers import for_cluster, netns
 from provisioner.providers.static import StaticHosts
@@ -25,6 +26,7 @@ from provisioner.providers.vagrant import (
     parse_ssh_config,
     probe_accelerator,
 )
+from provisioner.providers.vagrant_cli import VagrantCLI, parse_box_names, parse_status
 from provisioner.state import State
 
 INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae vmx sse2\n"
@@ -105,10 +107,212 @@ def test_lab_settings_carry_each_nodes_identity(lab: VagrantLab) -> None:
     assert base64.b64decode(key) == public
 
 
-def test_namespace_isolation_prefixes_every_lab_command(lab: VagrantLab) -> None:
+@pytest.mark.parametrize(
+    ("system_libvirtd", "namespace_exists", "isolated"),
+    [(False, False, True), (True, False, False), (True, True, True)],
+    ids=["no-system-libvirtd", "system-libvirtd", "system-libvirtd-but-lab-namespace-exists"],
+)
+def test_namespace_isolation_prefixes_every_lab_command(
+    lab: VagrantLab, monkeypatch: pytest.MonkeyPatch, system_libvirtd: bool, namespace_exists: bool, isolated: bool
+) -> None:
+    """isolation: auto uses the lab's namespace unless a system libvirtd exists and no lab namespace does."""
     assert lab.provider.isolation == "auto"
-    if not netns.system_libvirtd_available():
-        assert lab.command_prefix() == ["ip", "netns", "exec", "prov-lab"]
+    monkeypatch.setattr(netns, "system_libvirtd_available", lambda: system_libvirtd)
+    monkeypatch.setattr(netns.LabNamespace, "exists", lambda self: namespace_exists)
+    ran: list[list[str]] = []
+
+    def record(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", record)
+    lab.state.vagrant_dir.mkdir(parents=True)
+    lab.run_in_lab(["ip", "neigh"])
+    lab.virsh.run("version")
+    lab._vagrant().status()
+
+    prefix = ["ip", "netns", "exec", "prov-lab"] if isolated else []
+    assert lab.command_prefix() == prefix
+    uri = "qemu:///system?socket=/run/provisioner/prov-lab/libvirt-sock" if isolated else "qemu:///system"
+    assert lab.libvirt_uri == uri
+    assert ran == [
+        [*prefix, "ip", "neigh"],
+        [*prefix, "virsh", "-c", uri, "version"],
+        [*prefix, "vagrant", "status", "--machine-readable"],
+    ]
+
+
+# `vagrant status --machine-readable` from vagrant-libvirt: one machine running, one halted, one never made.
+STATUS = """1700000000,master,metadata,provider,libvirt
+1700000000,worker-1,metadata,provider,libvirt
+1700000000,worker-2,metadata,provider,libvirt
+1700000000,master,provider-name,libvirt
+1700000000,master,state,running
+1700000000,master,state-human-short,running
+1700000000,master,state-human-long,The Libvirt domain is running. To stop it%!(VAGRANT_COMMA) run\\n`vagrant halt`.
+1700000000,worker-1,provider-name,libvirt
+1700000000,worker-1,state,shutoff
+1700000000,worker-1,state-human-short,shutoff
+1700000000,worker-2,provider-name,libvirt
+1700000000,worker-2,state,not_created
+1700000000,worker-2,state-human-short,not created
+1700000000,,ui,info,Current machine states:\\n\\nmaster                    running (libvirt)
+"""
+
+# Stands in for vagrant: records where and how it ran, answers from files, fails `up` when told to.
+FAKE_VAGRANT = r"""#!/bin/sh
+printf '%s|%s|%s\n' "$(pwd -P)" "${FROM_PREFIX:-}" "$*" >> "$FAKE_VAGRANT_DIR/calls"
+case "$1" in
+  status) cat "$FAKE_VAGRANT_DIR/status" ;;
+  ssh-config) cat "$FAKE_VAGRANT_DIR/ssh-config" ;;
+  box) if [ "$2" = list ]; then printf '1,,box-name,provisioner/debian12\n1,,box-provider,libvirt\n'; fi ;;
+  up)
+    printf '==> master: Creating image (snapshot of base box volume).\n==> master:  -- Cpus:  2\n'
+    printf '==> master: Starting domain.\nProgress: 50%%\rProgress: 100%%\n'
+    echo "Error while creating domain: not enough memory" >&2
+    exit "${FAKE_UP_EXIT:-0}" ;;
+  destroy) echo "==> worker-1: Removing domain..." ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_vagrant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with a fake `vagrant` first on PATH; its calls land in `calls` there."""
+    folder = tmp_path / "fake-vagrant"
+    folder.mkdir()
+    script = folder / "vagrant"
+    script.write_text(FAKE_VAGRANT)
+    script.chmod(0o755)
+    (folder / "status").write_text(STATUS)
+    (folder / "ssh-config").write_text(SSH_CONFIG)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_VAGRANT_DIR", str(folder))
+    return folder
+
+
+def _calls(fake_vagrant: Path) -> list[str]:
+    return (fake_vagrant / "calls").read_text().splitlines()
+
+
+def test_vagrant_commands_are_the_lab_prefix_then_vagrant(tmp_path: Path) -> None:
+    lab_cli = VagrantCLI(["ip", "netns", "exec", "prov-lab"], tmp_path, {}, tmp_path / "vagrant.log")
+    assert lab_cli.argv("status", "--machine-readable") == [
+        "ip", "netns", "exec", "prov-lab", "vagrant", "status", "--machine-readable"
+    ]  # fmt: skip
+    assert VagrantCLI([], tmp_path, {}, tmp_path / "vagrant.log").argv("destroy", "--force") == [
+        "vagrant", "destroy", "--force"
+    ]  # fmt: skip
+
+
+def test_each_vagrant_command_runs_behind_the_prefix_beside_the_vagrantfile(fake_vagrant: Path) -> None:
+    # `env FROM_PREFIX=yes` stands in for `ip netns exec NAME`: the mark arrives only if the prefix ran first.
+    cli = VagrantCLI(["env", "FROM_PREFIX=yes"], fake_vagrant, dict(os.environ), fake_vagrant / "vagrant.log")
+    cli.status()
+    cli.ssh_config()
+    cli.ssh_config("worker-1")
+    cli.box_names()
+    cli.box_add("provisioner/debian12", Path("/cache/debian12.box"), "libvirt")
+    list(cli.up(["master", "worker-1"], "libvirt"))
+    cli.destroy("worker-1")
+    cli.destroy()
+    where = fake_vagrant.resolve()
+    assert _calls(fake_vagrant) == [
+        f"{where}|yes|{args}"
+        for args in (
+            "status --machine-readable",
+            "ssh-config",
+            "ssh-config worker-1",
+            "box list --machine-readable",
+            "box add provisioner/debian12 /cache/debian12.box --force --provider libvirt",
+            "up --provider libvirt --no-provision master worker-1",
+            "destroy worker-1 --force",
+            "destroy --force",
+        )
+    ]
+    assert "Removing domain" in (fake_vagrant / "vagrant.log").read_text(), "output not parsed goes to the log"
+
+
+def test_machine_readable_status_gives_each_machines_state() -> None:
+    # python-vagrant named libvirt's shutoff `poweroff`; `status` keeps showing that.
+    assert parse_status(STATUS) == {"master": "running", "worker-1": "poweroff", "worker-2": "not_created"}
+    virtualbox = "1,default,provider-name,virtualbox\n1,default,state,shutoff\n"
+    assert parse_status(virtualbox) == {"default": "shutoff"}
+
+
+def test_box_list_gives_the_box_names() -> None:
+    text = "1,,box-name,generic/debian12\n1,,box-provider,libvirt\n1,,box-version,4.3.12\n1,,box-name,provisioner/x\n"
+    assert parse_box_names(text) == {"generic/debian12", "provisioner/x"}
+
+
+def test_up_streams_vagrants_lines_and_fails_after_the_last(
+    fake_vagrant: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = fake_vagrant / "vagrant.log"
+    lines = list(VagrantCLI([], fake_vagrant, dict(os.environ), log).up(["master"], "libvirt"))
+    assert lines == [
+        "==> master: Creating image (snapshot of base box volume).",
+        "==> master:  -- Cpus:  2",
+        "==> master: Starting domain.",
+        "Progress: 50%\rProgress: 100%",  # a progress bar's carriage returns do not end a line
+    ]
+    assert "not enough memory" in log.read_text(), "stderr goes to the log"
+    monkeypatch.setenv("FAKE_UP_EXIT", "1")
+    streamed: list[str] = []
+    with pytest.raises(subprocess.CalledProcessError):
+        streamed.extend(VagrantCLI([], fake_vagrant, dict(os.environ), log).up(["master"], "libvirt"))
+    assert len(streamed) == 4
+
+
+def _outside_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns, "system_libvirtd_available", lambda: True)
+    monkeypatch.setattr(netns.LabNamespace, "exists", lambda self: False)
+
+
+def test_status_shows_each_machine_as_vagrant_reports_it(
+    lab: VagrantLab, fake_vagrant: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _outside_namespace(monkeypatch)
+    generate_ssh_key(lab.state.ssh_key)
+    (lab.state.vagrant_dir / "dotfiles").mkdir(parents=True)
+    assert [(s.name, s.state, s.address) for s in lab.status()] == [
+        ("master", "running", "192.168.56.10"),
+        ("worker-1", "poweroff", "192.168.56.11"),
+        ("worker-2", "not created", "192.168.56.12"),
+    ]
+
+
+def test_hosts_are_the_running_machines_as_their_ssh_config_says(
+    lab: VagrantLab, fake_vagrant: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _outside_namespace(monkeypatch)
+    generate_ssh_key(lab.state.ssh_key)
+    (lab.state.vagrant_dir / "dotfiles").mkdir(parents=True)
+    assert lab.hosts() == [
+        HostConnection(
+            "master", "master", "192.168.56.10", "192.168.121.23", 22, "root", Path("/state/lab/ssh/id_ed25519")
+        )
+    ]
+    assert [call.split("|")[2] for call in _calls(fake_vagrant)] == ["status --machine-readable", "ssh-config master"]
+
+
+def test_failed_up_names_the_machines_and_vagrants_error(
+    lab: VagrantLab, fake_vagrant: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _outside_namespace(monkeypatch)
+    monkeypatch.setenv("FAKE_UP_EXIT", "1")
+    recorder = Recorder()
+    lab.bus.subscribe(recorder)
+    lab.state.vagrant_dir.mkdir(parents=True)
+    with pytest.raises(MachineError) as caught:
+        lab._up([lab.cluster.node("master"), lab.cluster.node("worker-1")])
+    assert caught.value.what == "master, worker-1"
+    assert "`vagrant up` failed" in caught.value.message() and "not enough memory" in caught.value.message()
+    # Vagrant's step lines become progress; the domain settings dump and the progress bar do not.
+    assert [(e.host, e.message) for e in recorder.of(Progress) if isinstance(e, Progress)] == [
+        ("master", "Creating image (snapshot of base box volume)."),
+        ("master", "Starting domain."),
+    ]
 
 
 def test_node_subnet_may_not_overlap_the_management_network(tmp_path: Path) -> None:
@@ -175,7 +379,7 @@ def test_static_hosts_come_from_the_spec(tmp_path: Path) -> None:
         },
     }
     cluster = spec.parse(data, base_dir=tmp_path)
-    provider = StaticHosts(cluster, State(tmp_path / "state"), EventBus(), spec_file=tmp_path / "cluster.yaml")
+    provider = StaticHosts(cluster, State(tmp_path / "state"), EventBus())
     hosts = {h.name: h for h in provider.hosts()}
     assert hosts["m"].ssh_key == key and hosts["m"].ssh_user == "admin" and hosts["m"].ssh_port == 22
     assert hosts["w"].ssh_host == "10.0.0.3" and hosts["w"].ssh_port == 2222 and hosts["w"].ssh_user == "root"
