@@ -2,7 +2,8 @@
 
 Only the fields a file sets are compared, so defaults the API server fills in are never reported.
 Each difference names the object, the field path, the file's value and the live value. Secret values
-are never printed.
+(data and stringData, in the file or in the cluster) are never printed in any form: each becomes REDACTED,
+and only the keys show.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class _Absent:
 
 ABSENT: Any = _Absent()
 REDACTED = "<redacted>"
+# The fields of a Secret that hold its values (stringData is written as data by the API).
+SECRET_VALUE_FIELDS = ("data", "stringData")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 # Keys that identify an element of a list of objects, tried in order (containers by name, ports by port, ...).
 MERGE_KEYS = ("name", "mountPath", "containerPort", "port", "devicePath", "ip", "topologyKey")
@@ -136,11 +139,28 @@ def diff_object(desired: dict[str, Any], live: dict[str, Any]) -> list[tuple[str
         desired["data"] = data
     found = _diff(desired, live, "")
     if secret:
-        found = [
-            (p, REDACTED, REDACTED if v is not ABSENT else ABSENT) if p.startswith("data") else (p, d, v)
-            for p, d, v in found
-        ]
+        found = [(p, _redacted(d), _redacted(v)) if _in_secret_data(p) else (p, d, v) for p, d, v in found]
     return found
+
+
+def _in_secret_data(path: str) -> bool:
+    return path.split(".", 1)[0] in SECRET_VALUE_FIELDS
+
+
+def _redacted(value: Any) -> Any:
+    """The value with every leaf replaced by REDACTED; the keys of a map stay (they say which entry)."""
+    if value is ABSENT:
+        return ABSENT
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return REDACTED
+
+
+def _without_secret_values(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object fit to print: for a Secret, a copy whose data and stringData values are REDACTED."""
+    if obj.get("kind") != "Secret":
+        return obj
+    return {k: _redacted(v) if k in SECRET_VALUE_FIELDS else v for k, v in obj.items()}
 
 
 def _diff(desired: Any, live: Any, path: str) -> list[tuple[str, Any, Any]]:
@@ -261,7 +281,7 @@ def drift(manifests_dir: Path, kubectl: KubectlLike) -> list[Difference]:
         kind, name, namespace = str(desired["kind"]), str(meta["name"]), str(meta.get("namespace") or "")
         live = live_object(kubectl, file, desired)
         if live is None:
-            differences.append(Difference(file, kind, namespace, name, "", desired, ABSENT))
+            differences.append(Difference(file, kind, namespace, name, "", _without_secret_values(desired), ABSENT))
             continue
         namespace = namespace or str(live.get("metadata", {}).get("namespace") or "")
         for path, want, got in diff_object(desired, live):

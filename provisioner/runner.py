@@ -35,6 +35,12 @@ SITE = PLAYBOOK_DIR / "site.yml"
 # PROVISIONER_ANSIBLE_STRATEGY=linear forces Ansible's own strategy (e.g. to compare, or if mitogen breaks).
 STRATEGY_ENV = "PROVISIONER_ANSIBLE_STRATEGY"
 MITOGEN_STRATEGY = "mitogen_linear"
+# What a run takes from the operator's environment: where programs and the home directory are (ssh reads
+# ~/.ssh), who runs it, the locale (Ansible insists on UTF-8) and the SSH agent. Nothing else: ansible-runner
+# keeps the run's whole environment in artifacts/run/command, and a local host's facts in fact_cache, so a
+# token exported in the operator's shell would stay on disk. No play reads a PROVISIONER_* variable.
+PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSH_AUTH_SOCK")
+PASSED_ENV_PREFIXES = ("LC_",)
 
 
 @dataclass
@@ -217,6 +223,21 @@ def _env(state: State, chosen: str, host_key_checking: bool) -> dict[str, str]:
     return env
 
 
+def _passed_env() -> dict[str, str]:
+    """The operator's variables a run needs (PASSED_ENV); ANSIBLE_* of the operator's shell are not among them."""
+    passed = {k: v for k, v in os.environ.items() if k in PASSED_ENV or k.startswith(PASSED_ENV_PREFIXES)}
+    # ansible-runner appends its own callback to these two rather than replacing them; empty, it adds only its own.
+    return {**passed, "ANSIBLE_CALLBACK_PLUGINS": "", "ANSIBLE_STDOUT_CALLBACK": ""}
+
+
+def _trimmed(prepared: Mapping[str, str], envvars: Mapping[str, str]) -> dict[str, str]:
+    """ansible-runner's prepared environment without what it copied unchanged from os.environ.
+
+    Kept: our variables, and those ansible-runner set itself (its callback plugin, artifact and fact-cache
+    directories)."""
+    return {k: v for k, v in prepared.items() if k in envvars or os.environ.get(k) != v}
+
+
 def run_playbook(
     state: State,
     bus: EventBus,
@@ -262,19 +283,25 @@ def run_playbook(
         args += ["--tags", tags]
 
     translator = _Translator(bus)
+    envvars = {**_passed_env(), **_env(state, chosen, host_key_checking)}
     started = time.monotonic()
-    thread, runner = ansible_runner.run_async(
+    # run_async's two steps (prepare, then run in a thread) with the environment trimmed in between:
+    # ansible-runner starts every run from a copy of os.environ and writes it to artifacts/run/command.
+    runner = ansible_runner.interface.init_runner(
         private_data_dir=str(run_dir),
         ident="run",
         inventory=str(state.inventory_file),
         cmdline=shlex.join(args),
         extravars=dict(extravars or {}),
-        envvars=_env(state, chosen, host_key_checking),
+        envvars=envvars,
         event_handler=translator,
         quiet=True,
         suppress_env_files=False,
         **kwargs,
     )
+    runner.config.env = _trimmed(runner.config.env, envvars)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
     thread.join()
     seconds = time.monotonic() - started
     hosts = _host_stats(runner.stats or {})

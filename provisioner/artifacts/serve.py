@@ -6,7 +6,8 @@ at about 12 MB/s. So for the lab, `up` starts this server inside the lab's netwo
 host's address of the management network, and each node fetches what it lacks in one call of
 playbooks/library/fetch_artifacts.py, which checks every file against the manifest's sha256. The
 server needs no trust and holds no secret: it serves only the files the manifest lists (binaries,
-CNI plugins, image archives; never the PKI), read-only, GET and HEAD.
+CNI plugins, image archives; never the PKI), read-only, GET and HEAD, and only from inside the set: an
+entry or a symlink that leads out of it is refused when the manifest is read and again on each request.
 
 Run as `python -m provisioner.artifacts.serve ROOT ADDRESS`: it binds a free port, prints the port on
 one line, then serves until terminated. `serving()` is the context manager `up` uses.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,14 +33,31 @@ from provisioner.errors import ProvisionerError
 START_TIMEOUT = 30.0
 
 
+def _inside(root: Path, path: Path) -> Path | None:
+    """The file `path` really is (symlinks followed) when that lies under the resolved `root`, else None."""
+    real = path.resolve()
+    return real if real.is_relative_to(root) else None
+
+
 def listed_files(root: Path) -> dict[str, Path]:
-    """URL path -> file, for every file the set's manifest lists."""
+    """URL path -> file, for every file the set's manifest lists inside the set (``../``, absolute paths and
+    symlinks out of it are left out, and named on stderr: the server's log)."""
+    base = root.resolve()
     manifest = json.loads((root / "manifest.json").read_text())
-    return {"/" + f["path"]: root / f["path"] for f in manifest.get("files", []) if "path" in f}
+    files: dict[str, Path] = {}
+    for entry in manifest.get("files", []):
+        if "path" not in entry:
+            continue
+        if _inside(base, base / entry["path"]) is None:
+            print(f"not served: {entry['path']} lies outside {base}", file=sys.stderr)
+            continue
+        files["/" + entry["path"]] = base / entry["path"]
+    return files
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def __init__(self, files: dict[str, Path], *args: object) -> None:
+    def __init__(self, root: Path, files: dict[str, Path], *args: object) -> None:
+        self.root = root
         self.files = files
         super().__init__(*args)  # type: ignore[arg-type]
 
@@ -49,14 +68,26 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(body=True)
 
     def _answer(self, body: bool) -> None:
-        path = self.files.get(self.path)
-        if path is None or not path.is_file():
+        listed = self.files.get(self.path)
+        if listed is None:
             self.send_error(HTTPStatus.NOT_FOUND, "not in the artifact manifest")
             return
+        # Checked again now: a file of the set may have become a symlink out of it since the manifest was read.
+        path = _inside(self.root, listed)
+        if path is None:
+            self.send_error(HTTPStatus.FORBIDDEN, "leads outside the artifact set")
+            return
+        if not path.is_file():
+            self.send_error(HTTPStatus.NOT_FOUND, "not in the artifact set")
+            return
         with path.open("rb") as handle:
+            # What was opened is what counts: a path changed between the check and the open is refused too.
+            if _inside(self.root, Path(os.readlink(f"/proc/self/fd/{handle.fileno()}"))) is None:
+                self.send_error(HTTPStatus.FORBIDDEN, "leads outside the artifact set")
+                return
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(path.stat().st_size))
+            self.send_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
             self.end_headers()
             if body:
                 shutil.copyfileobj(handle, self.wfile, 1 << 20)
@@ -67,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve(root: Path, address: str, port: int = 0) -> ThreadingHTTPServer:
     """A bound server for the set under `root` (port 0: a free one); call serve_forever() on it."""
-    return ThreadingHTTPServer((address, port), partial(_Handler, listed_files(root)))
+    return ThreadingHTTPServer((address, port), partial(_Handler, root.resolve(), listed_files(root)))
 
 
 @contextmanager

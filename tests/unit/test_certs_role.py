@@ -1,9 +1,10 @@
 """The certs role with real Ansible on this machine: files are installed once, then left alone, and a
-changed file or a key made readable to others is put right again."""
+changed file or a key made readable to others is put right again; no key's content reaches the run log."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from provisioner import paths, runner
+from provisioner.errors import PlaybookError
 from provisioner.events import EventBus
 from provisioner.state import State
 
@@ -71,3 +73,86 @@ def test_certificates_are_copied_once_and_put_right_when_changed(tmp_path: Path)
     assert run() == 1
     assert (node / "pki" / "ca.crt").read_text() == (pki / "ca.crt").read_text()
     assert run() == 0
+
+
+DIFF_PLAYBOOK = """
+- name: "PKI: local"
+  hosts: all
+  gather_facts: false
+  pre_tasks:
+    - name: A file that is no secret, copied in diff mode like any other
+      ansible.builtin.copy:
+        content: "{{ public_marker }}\\n"
+        dest: "{{ certs_dir }}/public.txt"
+        mode: "0644"
+  roles:
+    - role: certs
+      vars:
+        certs_files:
+          - { src: ca.crt, dest: pki/ca.crt }
+          - { src: node.key, dest: "{{ key_dest }}", secret: true }
+"""
+
+
+def _key() -> str:
+    return f"-----BEGIN PRIVATE KEY-----\n{secrets.token_hex(16)}\n-----END PRIVATE KEY-----\n"
+
+
+def _diff_mode_run(tmp_path: Path, new_key: str, key_dest: str = "pki/node.key") -> tuple[State, str]:
+    """Runs DIFF_PLAYBOOK with ANSIBLE_DIFF_ALWAYS=1; returns the state and the public file's marker."""
+    pki, node = tmp_path / "pki", tmp_path / "node"
+    pki.mkdir()
+    (pki / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n")
+    (pki / "node.key").write_text(new_key)
+    (node / "pki").mkdir(parents=True, exist_ok=True)
+    public = secrets.token_hex(16)
+    state = State(tmp_path / "state").ensure()
+    host = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "pki_dir": str(pki),
+        "certs_dir": str(node),
+        "public_marker": public,
+        "key_dest": key_dest,
+    }
+    state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))
+    (state.root / "site.yml").write_text(DIFF_PLAYBOOK)
+    (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
+    # The prefix puts the setting into Ansible's own environment, as an operator's shell once did.
+    runner.run_playbook(
+        state,
+        EventBus(),
+        playbook=state.root / "site.yml",
+        strategy_name="linear",
+        prefix=["env", "ANSIBLE_DIFF_ALWAYS=1"],
+    )
+    return state, public
+
+
+def _files_holding(state: State, text: str) -> list[str]:
+    return [str(p) for p in state.runs_dir.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the role installs files owned by root")
+def test_no_key_reaches_the_run_dir_in_diff_mode(tmp_path: Path) -> None:
+    """ANSIBLE_DIFF_ALWAYS=1 shows each changed file's old and new content; a key's must stay out of the log."""
+    old_key, new_key = _key(), _key()
+    installed = tmp_path / "node" / "pki" / "node.key"
+    installed.parent.mkdir(parents=True)
+    installed.write_text(old_key)  # a key being replaced: a diff would show both
+    installed.chmod(0o600)
+    state, public = _diff_mode_run(tmp_path, new_key)
+    assert installed.read_text() == new_key
+    assert _files_holding(state, public)  # diff mode was on
+    for key in (new_key, old_key):
+        assert _files_holding(state, key.splitlines()[1]) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the role installs files owned by root")
+def test_a_key_that_cannot_be_installed_is_named_and_not_shown(tmp_path: Path) -> None:
+    key = _key()
+    with pytest.raises(PlaybookError) as failed:
+        _diff_mode_run(tmp_path, key, key_dest="missing/node.key")
+    assert "missing/node.key: Destination directory" in str(failed.value)
+    state = State(tmp_path / "state")
+    assert _files_holding(state, key.splitlines()[1]) == []

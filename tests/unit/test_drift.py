@@ -6,6 +6,7 @@ served by a stand-in for kubectl that answers like `kubectl get -f - -o json --i
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner.drift import ABSENT, REDACTED, DriftError, diff_object, drift, load_manifests, quantity
+from provisioner.drift import ABSENT, REDACTED, Difference, DriftError, diff_object, drift, load_manifests, quantity
 
 DATA = Path(__file__).parent / "data"
 
@@ -174,6 +175,31 @@ def test_secret_values_are_compared_but_never_shown(tmp_path: Path) -> None:
     found = drift(manifests(tmp_path, **{"secret.yaml": changed}), kubectl)
     assert [(d.path, d.desired, d.live) for d in found] == [("data.password", REDACTED, REDACTED)]
     assert "correct-horse" not in found[0].line() and "hunter2" not in found[0].line()
+
+
+def _printed(found: list[Difference]) -> str:
+    """Everything `provisioner drift` can print for these differences: its text lines and its JSON."""
+    return "\n".join(d.line() for d in found) + "\n" + json.dumps([d.to_dict() for d in found])
+
+
+def test_a_missing_secret_is_reported_without_its_values(tmp_path: Path) -> None:
+    with_data = SECRET + "data:\n  token: " + base64.b64encode(b"s3cr3t-token").decode() + "\n"
+    found = drift(manifests(tmp_path, **{"secret.yaml": with_data}), RecordedKubectl([]))
+    assert [(d.object, d.path, d.live) for d in found] == [("Secret shop/db", "", ABSENT)]
+    printed = _printed(found)
+    for value in ("hunter2", "app", "s3cr3t-token"):
+        assert value not in printed and base64.b64encode(value.encode()).decode() not in printed
+    # Which keys the file defines is no secret, and says what is missing.
+    assert found[0].to_dict()["desired"]["stringData"] == {"user": REDACTED, "password": REDACTED}
+    assert found[0].to_dict()["desired"]["metadata"] == {"name": "db", "namespace": "shop"}
+
+
+def test_a_secret_without_data_in_the_cluster_shows_keys_but_not_values(tmp_path: Path) -> None:
+    recorded = live("secret")
+    del recorded["data"]
+    found = drift(manifests(tmp_path, **{"secret.yaml": SECRET}), RecordedKubectl([recorded]))
+    assert [(d.path, d.desired, d.live) for d in found] == [("data", {"user": REDACTED, "password": REDACTED}, ABSENT)]
+    assert "hunter2" not in _printed(found) and base64.b64encode(b"hunter2").decode() not in _printed(found)
 
 
 def test_service_port_given_as_string_matches_number() -> None:

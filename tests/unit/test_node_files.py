@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.util
 import json
 import os
@@ -150,6 +151,68 @@ def test_the_server_serves_only_what_the_manifest_lists(tmp_path: Path, server: 
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(server + path)
         assert refused.value.code == 404, path
+
+
+@pytest.fixture
+def escaping_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A set whose manifest also names files outside it; yields the server's address and the outside file."""
+    root = tmp_path / "artifacts"
+    _artifacts(root)
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"not for the nodes\n")
+    (root / "bin" / "link-out").symlink_to(outside)
+    (root / "bin" / "link-in").symlink_to(root / "bin" / "tool-a")  # a link that stays inside is fine
+    (root / "bin" / "swapped").write_bytes(b"inside, until the server runs\n")
+    manifest = json.loads((root / "manifest.json").read_text())
+    for path in ("../secret", str(outside), "bin/link-out", "bin/link-in", "bin/swapped"):
+        manifest["files"].append({"path": path, "sha256": "0" * 64})
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    httpd = serve.serve(root, "127.0.0.1")
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    # Replaced by a link out of the set after the manifest was read: refused when asked for.
+    (root / "bin" / "swapped").unlink()
+    (root / "bin" / "swapped").symlink_to(outside)
+    yield f"127.0.0.1:{httpd.server_address[1]}", outside
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _get(address: str, path: str) -> tuple[int, bytes]:
+    """GET with the path sent as it is (urllib would leave it alone too, but this says so)."""
+    connection = http.client.HTTPConnection(address, timeout=10)
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "path, status",
+    [("/../secret", 404), ("/bin/link-out", 404), ("/bin/swapped", 403)],
+    ids=["dot-dot", "symlink-out", "swapped-for-a-symlink-later"],
+)
+def test_the_server_serves_nothing_outside_the_set(escaping_server: tuple[str, Path], path: str, status: int) -> None:
+    address, _ = escaping_server
+    code, body = _get(address, path)
+    assert (code, b"not for the nodes" in body) == (status, False)
+    assert _get(address, "/bin/tool-a") == (200, b"#!/bin/sh\necho a\n")
+    assert _get(address, "/bin/link-in") == (200, b"#!/bin/sh\necho a\n")
+
+
+def test_manifest_entries_outside_the_set_are_not_listed(tmp_path: Path) -> None:
+    """Checked when the manifest is read, so the server starts with only what it may serve."""
+    root = tmp_path / "artifacts"
+    _artifacts(root)
+    (tmp_path / "secret").write_bytes(b"not for the nodes\n")
+    (root / "bin" / "link-out").symlink_to(tmp_path / "secret")
+    manifest = json.loads((root / "manifest.json").read_text())
+    for path in ("../secret", "bin/../../secret", str(tmp_path / "secret"), "bin/link-out"):
+        manifest["files"].append({"path": path, "sha256": "0" * 64})
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert sorted(serve.listed_files(root)) == ["/bin/tool-a", "/bin/tool-b", "/cni/bridge", "/images/pause.tar"]
 
 
 def _module() -> ModuleType:

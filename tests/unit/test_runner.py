@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -45,6 +48,17 @@ FAILING = """
   tasks:
     - name: Break on purpose
       ansible.builtin.command: sh -c 'echo broken-disk >&2; exit 3'
+      changed_when: false
+"""
+
+
+GATHER = """
+- name: "Facts: local"
+  hosts: all
+  gather_facts: true  # the facts hold the environment the modules ran with (ansible_env)
+  tasks:
+    - name: Probe
+      ansible.builtin.command: "true"
       changed_when: false
 """
 
@@ -122,6 +136,25 @@ def test_ansible_runs_inside_the_command_prefix(local_state: State, tmp_path: Pa
         extravars={"target": str(target)},
     )
     assert Path(f"{target}.env").read_text() == "inside\n"
+
+
+@pytest.mark.parametrize("strategy", ["linear", "mitogen_linear"])
+def test_the_operators_environment_stays_out_of_the_run_dir(
+    local_state: State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    """A token exported in the operator's shell is neither handed to Ansible nor written under the run dir."""
+    marker = secrets.token_hex(16)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", marker)
+    monkeypatch.setenv("ANSIBLE_GALAXY_TOKEN", marker)  # the operator's ANSIBLE_* are not ours either
+    monkeypatch.setenv("ANSIBLE_CALLBACK_PLUGINS", f"/nonexistent/{marker}")  # ansible-runner appends to this one
+    result = runner.run_playbook(local_state, EventBus(), playbook=_write(tmp_path, GATHER), strategy_name=strategy)
+    assert result.hosts["box"].ok >= 2 and result.hosts["box"].failed == 0
+    files = [p for p in result.run_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "command" for p in files) and any(p.parent.name == "job_events" for p in files)
+    assert [str(p) for p in files if marker.encode() in p.read_bytes()] == []
+    # What the run does need still reaches it.
+    env = json.loads((result.run_dir / "artifacts" / "run" / "command").read_text())["env"]
+    assert env["PATH"] == os.environ["PATH"] and env["ANSIBLE_STRATEGY"] == strategy
 
 
 def test_strategy_defaults_to_mitogen_and_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
