@@ -47,6 +47,12 @@ CRICTL_CONFIG = "/etc/crictl.yaml"
 SYSCTL_CONFIG = "/etc/sysctl.d/90-kubernetes.conf"
 MODULES_CONFIG = "/etc/modules-load.d/kubernetes.conf"
 
+# etcdctl's TLS flags as the apiserver talks to etcd: etcd's own CA, the apiserver's etcd client certificate.
+ETCDCTL_TLS = (
+    f"--cacert={DIRS.pki}/etcd-ca.crt --cert={DIRS.pki}/apiserver-etcd-client.crt "
+    f"--key={DIRS.pki}/apiserver-etcd-client.key"
+)
+
 # Every TCP port a component listens on.
 PORTS = {
     "apiserver": 6443,

@@ -1,4 +1,8 @@
-"""The cluster's PKI: one CA and every certificate, key and kubeconfig, made on the admin machine.
+"""The cluster's PKI: two CAs and every certificate, key and kubeconfig, made on the admin machine.
+
+The cluster CA signs the components' and nodes' certificates (and the CSRs the controller-manager
+approves); etcd has a CA of its own that signs only etcd's server and peer certificates and the
+apiserver's etcd client certificate (CIS 2.7), so nothing a worker holds is accepted by etcd.
 
 Everything is generated once into ``State.pki_dir`` and reused by later runs, so a second
 ``provisioner up`` copies byte-identical files and Ansible reports nothing changed. A leaf is
@@ -50,6 +54,7 @@ class CertSpec:
     client: bool = False
     dns: tuple[str, ...] = ()
     ips: tuple[str, ...] = ()
+    ca: str = "ca"  # file stem of the CA that signs it (one of CAS)
 
     @property
     def wanted_dns(self) -> set[str]:
@@ -79,6 +84,10 @@ class PkiResult:
     reused: list[str] = field(default_factory=list)
 
 
+# The CAs' file stems; each one's common name is CLUSTER-STEM.
+CAS = ("ca", "etcd-ca")
+
+
 def cluster_certs(cluster: Cluster) -> list[CertSpec]:
     """Every leaf the cluster needs, derived from the spec (names, addresses, service IP)."""
     net = cluster.spec.network
@@ -93,9 +102,25 @@ def cluster_certs(cluster: Cluster) -> list[CertSpec]:
         "localhost",
     )
     certs = [
-        CertSpec("etcd-server", master.name, server=True, client=True, dns=(master.name, "localhost"), ips=master_ips),
-        CertSpec("etcd-peer", master.name, server=True, client=True, dns=(master.name, "localhost"), ips=master_ips),
-        CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True),
+        CertSpec(
+            "etcd-server",
+            master.name,
+            server=True,
+            client=True,
+            dns=(master.name, "localhost"),
+            ips=master_ips,
+            ca="etcd-ca",
+        ),
+        CertSpec(
+            "etcd-peer",
+            master.name,
+            server=True,
+            client=True,
+            dns=(master.name, "localhost"),
+            ips=master_ips,
+            ca="etcd-ca",
+        ),
+        CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True, ca="etcd-ca"),
         CertSpec(
             "apiserver",
             "kube-apiserver",
@@ -146,8 +171,9 @@ def ensure(cluster: Cluster, state: State, now: datetime.datetime | None = None)
     directory.chmod(0o700)
     result = PkiResult(directory)
 
-    ca_key, ca_cert = _ensure_ca(directory, cluster.name, now, result)
+    cas = {stem: _ensure_ca(directory, stem, f"{cluster.name}-{stem}", now, result) for stem in CAS}
     for spec in cluster_certs(cluster):
+        ca_key, ca_cert = cas[spec.ca]
         _ensure_leaf(directory, spec, ca_key, ca_cert, now, result)
     _ensure_service_account_keys(directory, result)
     _ensure_encryption_config(directory, result)
@@ -202,9 +228,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _ensure_ca(
-    directory: Path, cluster_name: str, now: datetime.datetime, result: PkiResult
+    directory: Path, stem: str, common_name: str, now: datetime.datetime, result: PkiResult
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    cert_path, key_path = directory / "ca.crt", directory / "ca.key"
+    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
     if cert_path.exists() and key_path.exists():
         try:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -212,15 +238,15 @@ def _ensure_ca(
         except ValueError as exc:
             raise PkiError(
                 str(cert_path),
-                f"the cluster CA cannot be read ({exc})",
+                f"the CA {stem} cannot be read ({exc})",
                 f"restore it, or remove {directory} to start over",
             ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise PkiError(str(key_path), "the CA key is not an EC key", f"remove {directory} to start over")
-        result.reused.append("ca")
+        result.reused.append(stem)
         return key, cert
     key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster_name}-ca")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -249,7 +275,7 @@ def _ensure_ca(
     )
     _write(key_path, _key_pem(key), 0o600)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    result.issued.append("ca")
+    result.issued.append(stem)
     return key, cert
 
 

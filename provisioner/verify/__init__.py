@@ -22,28 +22,34 @@ from provisioner.providers import for_cluster
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
 from provisioner.verify import cluster as cluster_checks
-from provisioner.verify import hostchecks
+from provisioner.verify import hostchecks, security
 from provisioner.verify.kube import CheckFailed, Ssh
 from provisioner.verify.report import FAILED, PASSED, SKIPPED, CheckResult, VerifyReport
 
 __all__ = ["CheckResult", "VerifyReport", "check_ids", "run", "selected"]
 
+# Every cluster check in the order verify runs them: the security checks after the other non-disruptive
+# ones, before the self-healing checks take components down.
+_AFTER = next(i for i, c in enumerate(cluster_checks.CHECKS) if c.id == "drift") + 1
+CHECKS = [*cluster_checks.CHECKS[:_AFTER], *security.CHECKS, *cluster_checks.CHECKS[_AFTER:]]
+
 # Names that select several checks at once with --only.
 ALIASES = {
     "hosts": list(hostchecks.MODULES),
     "cluster": [c.id for c in cluster_checks.CHECKS],
+    "security": [c.id for c in security.CHECKS],
     "self-healing": ["pod-replaced", "container-restarted", "kill-*", "worker-shutdown"],
     "etcd": ["etcd-*"],
 }
 
 
 # Checks that take the control plane or a worker down for a while.
-DISRUPTIVE = {c.id for c in cluster_checks.CHECKS if c.id.startswith("kill-") or c.id == "worker-shutdown"}
+DISRUPTIVE = {c.id for c in CHECKS if c.id.startswith("kill-") or c.id == "worker-shutdown"}
 
 
 def check_ids() -> list[str]:
     """Every selectable check, in the order verify runs them."""
-    return [*hostchecks.MODULES, *(c.id for c in cluster_checks.CHECKS)]
+    return [*hostchecks.MODULES, *(c.id for c in CHECKS)]
 
 
 def selected(select: Sequence[str] | None) -> list[str]:
@@ -112,7 +118,7 @@ def run(cluster: Cluster, state: State, bus: EventBus, select: Sequence[str] | N
         agnhost_image=artifacts.image_names(cluster.spec.kubernetes.version)["agnhost"],
         provider=provider,
     )
-    for check in cluster_checks.CHECKS:
+    for check in CHECKS:
         if check.id in chosen:
             if check.id in DISRUPTIVE and lab.deleting:
                 # Kills and a shutdown start from a settled cluster: the namespaces of the checks before

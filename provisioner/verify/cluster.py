@@ -30,10 +30,7 @@ from provisioner.spec import Cluster, Node, VagrantProvider
 from provisioner.verify.kube import CheckFailed, NotYet, Ssh, http_get, wait_for
 
 PKI = layout.DIRS.pki
-ETCDCTL = (
-    f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:{layout.PORTS['etcd_client']} --cacert={PKI}/ca.crt "
-    f"--cert={PKI}/apiserver-etcd-client.crt --key={PKI}/apiserver-etcd-client.key"
-)
+ETCDCTL = f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:{layout.PORTS['etcd_client']} {layout.ETCDCTL_TLS}"
 CRICTL = f"crictl --runtime-endpoint=unix://{layout.CONTAINERD_SOCKET}"
 HTTP_PORT = 8080
 # Long enough for a pod to start on an emulated worker (image already imported, no pull).

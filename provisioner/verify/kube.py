@@ -68,12 +68,15 @@ class Ssh:
         return [*login.ssh_argv(self.options, self.prefix), script]
 
     def run(
-        self, node: str, script: str, check: bool = True, timeout: float = 60
+        self, node: str, script: str, check: bool = True, timeout: float = 60, input: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
+        """Run a shell script on a node. Secrets go in `input`, never in the script: a failure names the script."""
         if node not in self.nodes:
             raise NodeCommandError(node, "not among the cluster's hosts", "check the node name against the spec")
         try:
-            proc = subprocess.run(self.command(node, script), capture_output=True, timeout=timeout, check=False)
+            proc = subprocess.run(
+                self.command(node, script), input=input, capture_output=True, timeout=timeout, check=False
+            )
         except subprocess.TimeoutExpired:
             raise NodeCommandError(
                 f"{node}: {script}", f"no answer within {timeout:.0f}s", "check that the node is up"
@@ -91,8 +94,8 @@ class Ssh:
         argv = self.nodes[node].ssh_argv(self.options, self.prefix, extra=["-O", "exit"])
         subprocess.run(argv, capture_output=True, timeout=30, check=False)
 
-    def text(self, node: str, script: str, timeout: float = 60) -> str:
-        return self.run(node, script, timeout=timeout).stdout.decode(errors="replace").strip()
+    def text(self, node: str, script: str, timeout: float = 60, input: bytes | None = None) -> str:
+        return self.run(node, script, timeout=timeout, input=input).stdout.decode(errors="replace").strip()
 
 
 _HTTP_GET = """

@@ -89,7 +89,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             f"--cert-file={p / 'etcd-server.crt'}",
             f"--key-file={p / 'etcd-server.key'}",
             "--client-cert-auth=true",
-            f"--trusted-ca-file={p / 'ca.crt'}",
+            f"--trusted-ca-file={p / 'etcd-ca.crt'}",
         ],
         tmp / "etcd.log",
     )
@@ -107,7 +107,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             f"--tls-cert-file={p / 'apiserver.crt'}",
             f"--tls-private-key-file={p / 'apiserver.key'}",
             f"--etcd-servers=https://127.0.0.1:{etcd_port}",
-            f"--etcd-cafile={p / 'ca.crt'}",
+            f"--etcd-cafile={p / 'etcd-ca.crt'}",
             f"--etcd-certfile={p / 'apiserver-etcd-client.crt'}",
             f"--etcd-keyfile={p / 'apiserver-etcd-client.key'}",
             f"--encryption-provider-config={p / 'encryption-config.yaml'}",

@@ -39,12 +39,14 @@ def test_apiserver_certificate_names_service_ip_and_master(cluster: spec.Cluster
     assert {"kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "master"} <= dns
 
 
-def test_every_leaf_is_signed_by_the_cluster_ca(cluster: spec.Cluster, tmp_path: Path) -> None:
+def test_every_leaf_is_signed_by_its_ca_and_only_etcd_s_by_etcd_s(cluster: spec.Cluster, tmp_path: Path) -> None:
     state = State(tmp_path)
     pki.ensure(cluster, state)
-    ca = _cert(state, "ca")
+    cas = {stem: _cert(state, stem) for stem in pki.CAS}
+    etcd_signed = {leaf.name for leaf in pki.cluster_certs(cluster) if leaf.ca == "etcd-ca"}
+    assert etcd_signed == {"etcd-server", "etcd-peer", "apiserver-etcd-client"}
     for leaf in pki.cluster_certs(cluster):
-        _cert(state, leaf.name).verify_directly_issued_by(ca)
+        _cert(state, leaf.name).verify_directly_issued_by(cas[leaf.ca])
 
 
 def test_kubelet_certificates_match_what_the_node_authorizer_and_apiserver_expect(

@@ -29,10 +29,7 @@ FORBIDDEN = [a.name for a in layout.files_for("worker") if a.kind == "bin" and "
 PROGRAM_DIRS = [layout.DIRS.bin, "/usr/local/sbin", "/usr/bin", "/usr/sbin", layout.DIRS.cni_bin]
 PKI = layout.DIRS.pki
 KUBE = layout.DIRS.kube
-ETCDCTL = (
-    f"etcdctl --endpoints=https://127.0.0.1:{layout.PORTS['etcd_client']} --cacert={PKI}/ca.crt "
-    f"--cert={PKI}/apiserver-etcd-client.crt --key={PKI}/apiserver-etcd-client.key"
-)
+ETCDCTL = f"etcdctl --endpoints=https://127.0.0.1:{layout.PORTS['etcd_client']} {layout.ETCDCTL_TLS}"
 
 
 @pytest.mark.parametrize("unit", [u.name for u in CONTROL_PLANE])
@@ -95,11 +92,12 @@ def test_no_container_engine(programs: tuple[list[str], set[str]], program: str)
     assert program[:15] not in running, f"{program} is running"
 
 
-# Where each certificate is served: etcd's client port is on loopback only, the others on the node address.
+# Where each certificate is served: etcd's ports are on loopback only (one member needs no peer on the
+# network), the apiserver on the node address.
 SERVED = [
     ("apiserver", "node-address", layout.PORTS["apiserver"]),
     ("etcd-server", "127.0.0.1", layout.PORTS["etcd_client"]),
-    ("etcd-peer", "node-address", layout.PORTS["etcd_peer"]),
+    ("etcd-peer", "127.0.0.1", layout.PORTS["etcd_peer"]),
 ]
 
 

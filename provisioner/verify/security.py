@@ -1,0 +1,120 @@
+"""Security checks: what the cluster refuses, tried on the live cluster the way an attacker would try it.
+
+`etcd-refuses-workers`: root on a worker holds the kubelet's client certificate, signed by the cluster CA.
+etcd trusts only its own CA, and listens on the master's loopback only, so that certificate opens neither
+etcd's client port nor its peer port, and a worker cannot even connect to them. The check presents the
+worker's own certificate (read from the worker) on the master, next to etcd's own certificates as the
+control that the probe itself works.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+
+import yaml
+
+from provisioner import layout
+from provisioner.verify.cluster import ClusterCheck, Lab
+from provisioner.verify.kube import CheckFailed
+
+# Runs on the master with the worker's certificate and key on stdin (never on a command line, which a
+# failure would print): a TLS handshake and GET /version on each port, once per identity.
+_TRY_IDENTITIES = r"""
+import json, os, socket, ssl, sys, tempfile
+job = json.load(sys.stdin)
+results = {}
+with tempfile.TemporaryDirectory() as tmp:
+    def attempt(port, cert, key):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.load_cert_chain(cert, key)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+                with ctx.wrap_socket(raw) as tls:
+                    tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+                    data = tls.recv(4096)
+        except (ssl.SSLError, OSError) as exc:
+            return "refused: " + (getattr(exc, "reason", None) or str(exc))
+        line = data.split(b"\r\n")[0].decode(errors="replace")
+        return ("accepted: " + line) if line.startswith("HTTP/") else "refused: connection closed"
+    for name, pem in job["worker"].items():
+        path = os.path.join(tmp, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, pem.encode())
+        os.close(fd)
+    worker = (os.path.join(tmp, "cert"), os.path.join(tmp, "key"))
+    for port_name, port in job["ports"].items():
+        results[port_name + " worker"] = attempt(port, *worker)
+        results[port_name + " control"] = attempt(port, *job["controls"][port_name])
+print(json.dumps(results))
+"""
+
+_TRY_CONNECT = r"""
+import json, socket, sys
+address, ports = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+for name, port in ports.items():
+    try:
+        socket.create_connection((address, port), timeout=10).close()
+        out[name] = "connected"
+    except OSError as exc:
+        out[name] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+ETCD_PORTS = {"client": layout.PORTS["etcd_client"], "peer": layout.PORTS["etcd_peer"]}
+# etcd's own identities on the master: the apiserver's client certificate, the member's peer certificate.
+CONTROLS = {
+    "client": (f"{layout.DIRS.pki}/apiserver-etcd-client.crt", f"{layout.DIRS.pki}/apiserver-etcd-client.key"),
+    "peer": (f"{layout.DIRS.pki}/etcd-peer.crt", f"{layout.DIRS.pki}/etcd-peer.key"),
+}
+KUBELET_KUBECONFIG = f"{layout.DIRS.kube}/kubelet.kubeconfig"
+
+
+def _kubeconfig_identity(text: str) -> dict[str, str]:
+    user = (yaml.safe_load(text) or {}).get("users", [{}])[0].get("user", {})
+    return {
+        "cert": base64.b64decode(user["client-certificate-data"]).decode(),
+        "key": base64.b64decode(user["client-key-data"]).decode(),
+    }
+
+
+def judge_etcd_refusals(worker: str, tried: dict[str, str], reached: dict[str, str]) -> str:
+    """Every worker attempt refused, every control accepted (else the probe proves nothing), no port reached."""
+    problems = []
+    for port in ETCD_PORTS:
+        if not tried[f"{port} worker"].startswith("refused"):
+            problems.append(f"etcd's {port} port accepted {worker}'s kubelet certificate ({tried[f'{port} worker']})")
+        if not tried[f"{port} control"].startswith("accepted"):
+            problems.append(f"etcd's own {port} certificate was not accepted either ({tried[f'{port} control']})")
+        if reached[port] == "connected":
+            problems.append(f"{worker} connects to etcd's {port} port on the master's address")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    refusals = ", ".join(f"{p}: {tried[f'{p} worker'].removeprefix('refused: ')}" for p in ETCD_PORTS)
+    unreached = ", ".join(f"{p} {reached[p]}" for p in ETCD_PORTS)
+    return f"{worker}'s kubelet certificate refused ({refusals}); from {worker}: {unreached}"
+
+
+def check_etcd_refuses_workers(lab: Lab) -> str:
+    worker = lab.workers[0]
+    identity = _kubeconfig_identity(lab.ssh.text(worker.name, f"cat {KUBELET_KUBECONFIG}"))
+    job = {"worker": identity, "ports": ETCD_PORTS, "controls": CONTROLS}
+    script = f"python3 -c {shlex.quote(_TRY_IDENTITIES)}"
+    tried = json.loads(lab.ssh.text(lab.master.name, script, input=json.dumps(job).encode(), timeout=120))
+    connect = shlex.join(["python3", "-c", _TRY_CONNECT, str(lab.master.address), json.dumps(ETCD_PORTS)])
+    reached = json.loads(lab.ssh.text(worker.name, connect, timeout=120))
+    return judge_etcd_refusals(worker.name, tried, reached)
+
+
+CHECKS = [
+    ClusterCheck(
+        "etcd-refuses-workers",
+        "a worker's kubelet certificate is refused on etcd's client and peer ports (etcd's own are accepted), "
+        "and no worker connects to either",
+        check_etcd_refuses_workers,
+    ),
+]

@@ -1,0 +1,125 @@
+"""etcd has a CA of its own: a worker's certificate is refused, and verify's probe tells the two apart.
+
+The probe script verify runs on the master is run here for real, against loopback TLS servers that demand
+client certificates from etcd's CA, as etcd does.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from provisioner import paths, pki, spec
+from provisioner.state import State
+from provisioner.verify import security
+from provisioner.verify.kube import CheckFailed
+
+
+@pytest.fixture(scope="module")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    state = State(tmp_path_factory.mktemp("pki") / "state")
+    pki.ensure(spec.load(paths.default_spec()), state)
+    return state.pki_dir
+
+
+def _issuer(path: Path) -> str:
+    return x509.load_pem_x509_certificate(path.read_bytes()).issuer.rfc4514_string()
+
+
+def test_etcd_certificates_come_from_etcd_s_own_ca_and_nothing_else_does(pki_dir: Path) -> None:
+    etcd_ca = x509.load_pem_x509_certificate((pki_dir / "etcd-ca.crt").read_bytes()).subject.rfc4514_string()
+    cluster_ca = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes()).subject.rfc4514_string()
+    assert etcd_ca != cluster_ca
+    for name in ("etcd-server", "etcd-peer", "apiserver-etcd-client"):
+        assert _issuer(pki_dir / f"{name}.crt") == etcd_ca, name
+    etcd_signed = {"etcd-server", "etcd-peer", "apiserver-etcd-client"}
+    others = [p for p in pki_dir.glob("*.crt") if p.stem not in {"ca", "etcd-ca", *etcd_signed}]
+    assert others and all(_issuer(p) == cluster_ca for p in others), [p.name for p in others]
+
+
+def _serve(pki_dir: Path) -> tuple[int, threading.Thread]:
+    """A TLS server as etcd is: its server certificate, client certificates from etcd's CA only."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki_dir / "etcd-server.crt", pki_dir / "etcd-server.key")
+    ctx.load_verify_locations(pki_dir / "etcd-ca.crt")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def run() -> None:
+        with listener:
+            for _ in range(2):  # the worker's attempt, then the control's
+                conn, _ = listener.accept()
+                try:
+                    with ctx.wrap_socket(conn, server_side=True) as tls:
+                        tls.recv(4096)
+                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                except (ssl.SSLError, OSError):
+                    pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return port, thread
+
+
+@pytest.fixture
+def tried(pki_dir: Path) -> Iterator[dict[str, str]]:
+    client_port, t1 = _serve(pki_dir)
+    peer_port, t2 = _serve(pki_dir)
+    worker = (pki_dir / "kubelet-worker-1.crt", pki_dir / "kubelet-worker-1.key")
+    job = {
+        "worker": {"cert": worker[0].read_text(), "key": worker[1].read_text()},
+        "ports": {"client": client_port, "peer": peer_port},
+        "controls": {
+            "client": [str(pki_dir / "apiserver-etcd-client.crt"), str(pki_dir / "apiserver-etcd-client.key")],
+            "peer": [str(pki_dir / "etcd-peer.crt"), str(pki_dir / "etcd-peer.key")],
+        },
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", security._TRY_IDENTITIES],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    yield json.loads(done.stdout)
+    t1.join(10)
+    t2.join(10)
+
+
+def test_the_probe_sees_the_worker_refused_and_etcd_s_own_certificates_accepted(tried: dict[str, str]) -> None:
+    assert tried["client worker"].startswith("refused") and tried["peer worker"].startswith("refused"), tried
+    assert tried["client control"] == tried["peer control"] == "accepted: HTTP/1.1 200 OK", tried
+    detail = security.judge_etcd_refusals(
+        "worker-1", tried, {"client": "ConnectionRefusedError", "peer": "TimeoutError"}
+    )
+    assert "worker-1's kubelet certificate refused" in detail
+
+
+@pytest.mark.parametrize(
+    "broken, expected",
+    [
+        ({"client worker": "accepted: HTTP/1.1 200 OK"}, "etcd's client port accepted worker-1's kubelet certificate"),
+        ({"peer control": "refused: closed"}, "etcd's own peer certificate was not accepted either"),
+    ],
+)
+def test_a_promise_broken_is_reported(tried: dict[str, str], broken: dict[str, str], expected: str) -> None:
+    with pytest.raises(CheckFailed) as failed:
+        security.judge_etcd_refusals("worker-1", {**tried, **broken}, {"client": "x", "peer": "x"})
+    assert expected in str(failed.value)
+
+
+def test_a_worker_that_reaches_etcd_s_port_is_reported(tried: dict[str, str]) -> None:
+    with pytest.raises(CheckFailed) as failed:
+        security.judge_etcd_refusals("worker-1", tried, {"client": "ConnectionRefusedError", "peer": "connected"})
+    assert "worker-1 connects to etcd's peer port" in str(failed.value)
