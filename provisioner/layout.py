@@ -35,6 +35,7 @@ class Dirs:
     cni_config_root: str = "/etc/cni"
     cni_config: str = "/etc/cni/net.d"
     cni_state: str = "/var/lib/cni"
+    audit_log: str = "/var/log/kubernetes/audit"  # the apiserver's audit log
     provisioner: str = "/var/lib/provisioner"  # image archives waiting for import, the checksum cache
     images: str = "/var/lib/provisioner/images"
 
@@ -46,6 +47,12 @@ CONTAINERD_SOCKET = f"{DIRS.containerd_run}/containerd.sock"
 CRICTL_CONFIG = "/etc/crictl.yaml"
 SYSCTL_CONFIG = "/etc/sysctl.d/90-kubernetes.conf"
 MODULES_CONFIG = "/etc/modules-load.d/kubernetes.conf"
+
+# The group the daily admin credential belongs to, bound to cluster-admin through RBAC (the addons' rbac
+# manifest); only the break-glass super-admin credential is in system:masters, which RBAC cannot restrict.
+ADMINS_GROUP = "provisioner:cluster-admins"
+# The apiserver's identity towards kubelets, bound to system:kubelet-api-admin (CIS 5.1.7: not system:masters).
+APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 
 # etcdctl's TLS flags as the apiserver talks to etcd: etcd's own CA, the apiserver's etcd client certificate.
 ETCDCTL_TLS = (
@@ -171,6 +178,7 @@ def unit(name: str) -> Unit:
 # Everything the playbooks write outside the installed files and units: `reset` removes it all.
 OWNED_PATHS = (
     DIRS.kube,
+    DIRS.audit_log,
     DIRS.containerd_config,
     DIRS.cni_config_root,
     CRICTL_CONFIG,
@@ -192,6 +200,8 @@ def group_vars() -> dict[str, object]:
     return {
         "dirs": {k: getattr(DIRS, k) for k in DIRS.__dataclass_fields__},
         "cluster_domain": CLUSTER_DOMAIN,
+        "admins_group": ADMINS_GROUP,
+        "apiserver_kubelet_client": APISERVER_KUBELET_CLIENT,
         "containerd_socket": CONTAINERD_SOCKET,
         "crictl_config": CRICTL_CONFIG,
         "sysctl_config": SYSCTL_CONFIG,

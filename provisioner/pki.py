@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioner.errors import ProvisionerError
-from provisioner.layout import CLUSTER_DOMAIN, PORTS
+from provisioner.layout import ADMINS_GROUP, APISERVER_KUBELET_CLIENT, CLUSTER_DOMAIN, PORTS
 from provisioner.spec import Cluster
 from provisioner.state import State
 
@@ -128,9 +128,14 @@ def cluster_certs(cluster: Cluster) -> list[CertSpec]:
             dns=apiserver_dns,
             ips=(str(net.apiserver_service_ip), *master_ips),
         ),
-        # The apiserver's identity towards kubelets (logs, exec): authorized by the kubelet's webhook.
-        CertSpec("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",), client=True),
-        CertSpec("admin", "kubernetes-admin", ("system:masters",), client=True),
+        # The apiserver's identity towards kubelets (logs, exec): authorized by the kubelets' webhook through
+        # its RBAC binding to system:kubelet-api-admin.
+        CertSpec("apiserver-kubelet-client", APISERVER_KUBELET_CLIENT, client=True),
+        # The daily admin: cluster-admin through an RBAC binding of its group, so it can be narrowed or revoked.
+        CertSpec("admin", "kubernetes-admin", (ADMINS_GROUP,), client=True),
+        # Break-glass only (it creates that binding; RBAC cannot restrict system:masters): root-only on the
+        # master and in the PKI directory, never merged into a user's kubeconfig.
+        CertSpec("super-admin", "kubernetes-super-admin", ("system:masters",), client=True),
         CertSpec("controller-manager", "system:kube-controller-manager", client=True),
         CertSpec("scheduler", "system:kube-scheduler", client=True),
         CertSpec("kube-proxy", "system:kube-proxy", ("system:node-proxier",), client=True),
@@ -152,6 +157,7 @@ def cluster_kubeconfigs(cluster: Cluster) -> list[KubeconfigSpec]:
     configs = [
         KubeconfigSpec("admin", "admin", external, f"{cluster.name}-admin"),
         KubeconfigSpec("admin-local", "admin", local, f"{cluster.name}-admin"),
+        KubeconfigSpec("super-admin-local", "super-admin", local, f"{cluster.name}-super-admin"),
         KubeconfigSpec("controller-manager", "controller-manager", local, "system:kube-controller-manager"),
         KubeconfigSpec("scheduler", "scheduler", local, "system:kube-scheduler"),
         KubeconfigSpec("kube-proxy", "kube-proxy", external, "system:kube-proxy"),
@@ -374,7 +380,8 @@ def _ensure_service_account_keys(directory: Path, result: PkiResult) -> None:
 
 
 def _ensure_encryption_config(directory: Path, result: PkiResult) -> None:
-    """Secrets at rest in etcd are encrypted with this key (aescbc, 32 random bytes), made once."""
+    """Secrets at rest in etcd are encrypted with this key (secretbox: XSalsa20-Poly1305, 32 random bytes),
+    made once. Not aescbc: the Kubernetes encryption docs advise against it (padding-oracle prone)."""
     path = directory / "encryption-config.yaml"
     if path.exists():
         result.reused.append("encryption-config")
@@ -386,7 +393,7 @@ def _ensure_encryption_config(directory: Path, result: PkiResult) -> None:
         "resources": [
             {
                 "resources": ["secrets"],
-                "providers": [{"aescbc": {"keys": [{"name": "key1", "secret": secret}]}}, {"identity": {}}],
+                "providers": [{"secretbox": {"keys": [{"name": "key1", "secret": secret}]}}, {"identity": {}}],
             }
         ],
     }

@@ -391,13 +391,15 @@ def check_secret_encrypted(lab: Lab) -> str:
 
 
 def judge_stored_secret(key: str, raw: bytes, plain: str) -> str:
-    """What etcd holds for a Secret must be an encryption envelope (k8s:enc:PROVIDER:...) hiding the value."""
+    """What etcd holds for a Secret must be a secretbox envelope (k8s:enc:secretbox:...) hiding the value."""
     if not raw:
         raise CheckFailed(f"{key} not found in etcd")
     if plain.encode() in raw:
         raise CheckFailed(f"the Secret's value {plain!r} is stored in plain text under {key}")
     if not raw.startswith(b"k8s:enc:"):
         raise CheckFailed(f"{key} is not encrypted: it starts with {raw[:20]!r}, not k8s:enc:")
+    if not raw.startswith(b"k8s:enc:secretbox:"):
+        raise CheckFailed(f"{key} is encrypted with {raw[8:30]!r}, not secretbox (k8s:enc:secretbox:)")
     envelope = ":".join(raw.decode(errors="replace").split(":")[:4])
     return f"{key} stored as {envelope}:…, value not in plain text"
 
@@ -653,7 +655,7 @@ CHECKS: list[ClusterCheck] = [
     ),
     ClusterCheck(
         "etcd-secret-encrypted",
-        "a Secret is stored in etcd encrypted (k8s:enc:...), its value not in plain text",
+        "a Secret is stored in etcd encrypted with secretbox (k8s:enc:secretbox:...), its value not in plain text",
         check_secret_encrypted,
     ),
     ClusterCheck(

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import shlex
+import subprocess
+import sys
+from typing import Any
 
 import yaml
 
 from provisioner import layout
-from provisioner.verify.cluster import ClusterCheck, Lab
-from provisioner.verify.kube import CheckFailed
+from provisioner.verify.cluster import ClusterCheck, Lab, agnhost_deployment, scratch_namespace
+from provisioner.verify.kube import CheckFailed, NotYet, wait_for
 
 # Runs on the master with the worker's certificate and key on stdin (never on a command line, which a
 # failure would print): a TLS handshake and GET /version on each port, once per identity.
@@ -110,7 +114,112 @@ def check_etcd_refuses_workers(lab: Lab) -> str:
     return judge_etcd_refusals(worker.name, tried, reached)
 
 
+# GET each URL with no credentials at all (the server's certificate is not what is tested here): the status.
+_ANONYMOUS_GET = r"""
+import json, ssl, sys, urllib.error, urllib.request
+ctx = ssl._create_unverified_context()
+out = {}
+for url in json.loads(sys.argv[1]):
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=30) as answer:
+            out[url] = answer.status
+    except urllib.error.HTTPError as exc:
+        out[url] = exc.code
+    except Exception as exc:
+        out[url] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def anonymous_urls(lab: Lab) -> list[str]:
+    api = f"https://{lab.master.address}:{layout.PORTS['apiserver']}"
+    kubelets = [f"https://{w.address}:{layout.PORTS['kubelet']}/pods" for w in lab.workers]
+    return [f"{api}/api/v1/namespaces/kube-system/secrets", f"{api}/version", *kubelets]
+
+
+def judge_anonymous(answers: dict[str, object]) -> str:
+    """401 from every endpoint: the request was not even authenticated as system:anonymous."""
+    allowed = {u: s for u, s in answers.items() if s != 401}
+    if allowed:
+        raise CheckFailed("not refused with 401: " + ", ".join(f"{u} -> {s}" for u, s in allowed.items()))
+    return f"401 from all {len(answers)}: " + ", ".join(answers)
+
+
+def check_anonymous_refused(lab: Lab) -> str:
+    urls = anonymous_urls(lab)
+    done = subprocess.run(
+        [*lab.prefix, sys.executable, "-c", _ANONYMOUS_GET, json.dumps(urls)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise CheckFailed(f"the probe failed: {done.stderr.strip()[-300:]}")
+    return judge_anonymous(json.loads(done.stdout))
+
+
+def probe_pod(name: str, image: str, privileged: bool) -> dict[str, Any]:
+    """The checks' agnhost pod, never pulled; privileged: what Pod Security's baseline level forbids."""
+    spec: dict[str, Any] = agnhost_deployment(name, image)["spec"]["template"]["spec"]
+    if privileged:
+        spec["containers"][0]["securityContext"] = {"privileged": True}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def check_privileged_pod_refused(lab: Lab) -> str:
+    """A namespace that sets no Pod Security level gets the cluster's default (baseline): no privileged pod."""
+    with scratch_namespace(lab, "podsec") as ns:
+        plain = probe_pod("plain", lab.agnhost_image, privileged=False)
+        lab.kubectl.run("apply", "--dry-run=server", f"--namespace={ns}", "-f", "-", input=json.dumps(plain))
+        refused = lab.kubectl.run(
+            "apply",
+            "--dry-run=server",
+            f"--namespace={ns}",
+            "-f",
+            "-",
+            input=json.dumps(probe_pod("privileged", lab.agnhost_image, privileged=True)),
+            check=False,
+        )
+        if refused.returncode == 0:
+            raise CheckFailed(f"a privileged pod was admitted in namespace {ns}: {refused.stdout.strip()}")
+        reason = refused.stderr.strip()
+        if "violates PodSecurity" not in reason:
+            raise CheckFailed(f"the privileged pod failed for another reason than Pod Security: {reason[-300:]}")
+        return f"plain pod admitted; privileged pod refused: {reason[reason.index('violates PodSecurity') :][:160]}"
+
+
+AUDIT_LOG = f"{layout.DIRS.audit_log}/audit.log"
+
+
+def check_audit_logged(lab: Lab) -> str:
+    """A request made now (for a namespace that does not exist) appears in the master's audit log."""
+    marker = f"verify-audit-{secrets.token_hex(4)}"
+    lab.kubectl.run("get", "namespace", marker, check=False)
+
+    def logged() -> str:
+        found = lab.ssh.run(lab.master.name, f"grep -c -- {marker} {AUDIT_LOG}", check=False)
+        count = found.stdout.decode().strip()
+        if found.returncode != 0:
+            raise NotYet(f"{marker} not in {AUDIT_LOG} ({count or found.stderr.decode().strip()[-200:]})")
+        return count
+
+    count = wait_for(f"the request for namespace {marker} in {AUDIT_LOG}", logged, 60, interval=3)
+    return f"GET namespace {marker} recorded in {AUDIT_LOG} on {lab.master.name} ({count} line(s))"
+
+
 CHECKS = [
+    ClusterCheck(
+        "anonymous-refused",
+        "a request with no credentials is refused (401) by the apiserver and by every kubelet",
+        check_anonymous_refused,
+    ),
+    ClusterCheck(
+        "privileged-pod-refused",
+        "a privileged pod is refused by Pod Security in a namespace without a level of its own; a plain pod is not",
+        check_privileged_pod_refused,
+    ),
+    ClusterCheck("audit-logged", "a request made now is recorded in the apiserver's audit log", check_audit_logged),
     ClusterCheck(
         "etcd-refuses-workers",
         "a worker's kubelet certificate is refused on etcd's client and peer ports (etcd's own are accepted), "

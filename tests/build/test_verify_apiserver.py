@@ -194,7 +194,7 @@ def test_deployment_from_a_file_is_found_under_its_registry_key(control_plane: C
 
 def test_secret_is_encrypted_at_rest(control_plane: ControlPlane) -> None:
     detail = checks.check_secret_encrypted(control_plane.lab)
-    assert "stored as k8s:enc:aescbc:v1" in detail
+    assert "stored as k8s:enc:secretbox:v1" in detail
 
 
 def test_drift_check_passes_and_cleans_up(control_plane: ControlPlane) -> None:

@@ -112,7 +112,8 @@ def test_admin_kubeconfig_points_at_the_master_with_embedded_credentials(cluster
     doc = yaml.safe_load((state.pki_dir / "kubeconfigs" / "admin.kubeconfig").read_text())
     assert doc["clusters"][0]["cluster"]["server"] == "https://192.168.56.10:6443"
     cert = x509.load_pem_x509_certificate(base64.b64decode(doc["users"][0]["user"]["client-certificate-data"]))
-    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    # cluster-admin through RBAC, not the unrestrictable system:masters (that is the break-glass super-admin's)
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "provisioner:cluster-admins"
     assert doc["current-context"] == "lab"
 
 
@@ -120,7 +121,7 @@ def test_secrets_encryption_key_is_32_random_bytes_and_kept(cluster: spec.Cluste
     state = State(tmp_path)
     pki.ensure(cluster, state)
     doc = yaml.safe_load((state.pki_dir / "encryption-config.yaml").read_text())
-    secret = doc["resources"][0]["providers"][0]["aescbc"]["keys"][0]["secret"]
+    secret = doc["resources"][0]["providers"][0]["secretbox"]["keys"][0]["secret"]
     assert len(base64.b64decode(secret)) == 32
     other = State(tmp_path / "other")
     pki.ensure(cluster, other)

@@ -123,3 +123,22 @@ def test_a_worker_that_reaches_etcd_s_port_is_reported(tried: dict[str, str]) ->
     with pytest.raises(CheckFailed) as failed:
         security.judge_etcd_refusals("worker-1", tried, {"client": "ConnectionRefusedError", "peer": "connected"})
     assert "worker-1 connects to etcd's peer port" in str(failed.value)
+
+
+def test_anonymous_requests_refused_everywhere_pass_and_any_other_answer_fails() -> None:
+    urls = ["https://192.168.56.10:6443/version", "https://192.168.56.11:10250/pods"]
+    assert "401 from all 2" in security.judge_anonymous(dict.fromkeys(urls, 401))
+    for answer in (200, 403, "URLError: timed out"):
+        with pytest.raises(CheckFailed) as allowed:
+            security.judge_anonymous({urls[0]: 401, urls[1]: answer})
+        assert f"{urls[1]} -> {answer}" in str(allowed.value)
+
+
+def test_the_privileged_probe_pod_differs_from_the_plain_one_only_in_privilege() -> None:
+    image = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+    plain = security.probe_pod("p", image, privileged=False)
+    privileged = security.probe_pod("p", image, privileged=True)
+    assert "securityContext" not in plain["spec"]["containers"][0]
+    assert privileged["spec"]["containers"][0]["securityContext"] == {"privileged": True}
+    privileged["spec"]["containers"][0].pop("securityContext")
+    assert privileged == plain

@@ -319,9 +319,12 @@ def test_a_secret_stored_in_the_clear_fails_the_check(raw: bytes, problem: str) 
 
 
 def test_an_encrypted_secret_passes_and_names_the_provider() -> None:
-    raw = b"k8s:enc:aescbc:v1:key1:\x8f\x02\x11..."
+    raw = b"k8s:enc:secretbox:v1:key1:\x8f\x02\x11..."
     detail = cluster_checks.judge_stored_secret("/registry/secrets/ns/probe", raw, "verify-plaintext-42")
-    assert "k8s:enc:aescbc:v1" in detail
+    assert "k8s:enc:secretbox:v1" in detail
+    with pytest.raises(CheckFailed) as weaker:
+        cluster_checks.judge_stored_secret("/registry/secrets/ns/probe", b"k8s:enc:aescbc:v1:key1:\x8f", "x")
+    assert "not secretbox" in str(weaker.value)
 
 
 def test_a_not_ready_apiserver_is_reported_by_its_failing_checks() -> None:
