@@ -144,7 +144,8 @@ def destroy(cluster: Cluster, state: State, bus: EventBus, *, merged_kubeconfig:
         # A new cluster gets a new CA: nothing issued for the old one keeps working against it.
         shutil.rmtree(state.pki_dir, ignore_errors=True)
         state.kubeconfig.unlink(missing_ok=True)
-        (state.root / "ssh" / "known_hosts").unlink(missing_ok=True)
+        state.known_hosts.unlink(missing_ok=True)
+        state.hosts_file.unlink(missing_ok=True)
         if merged_kubeconfig is not None:
             unmerge(merged_kubeconfig, cluster.name)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import inventory, paths, preflight, spec
+from provisioner import hosts, inventory, paths, preflight, spec
 from provisioner.events import EventBus, Recorder
 from provisioner.providers import for_cluster, netns
 from provisioner.providers.vagrant import VagrantLab
@@ -75,22 +75,8 @@ def test_ansible_ping_answers_from_every_node(lab: VagrantLab, tmp_path: Path) -
 
 def test_nodes_have_their_spec_address_and_hostname(lab: VagrantLab) -> None:
     for host in lab.hosts():
-        proc = lab.run_in_lab(
-            [
-                "ssh",
-                "-i",
-                str(host.ssh_key),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-p",
-                str(host.ssh_port),
-                f"{host.ssh_user}@{host.ssh_host}",
-                "hostname; ip -4 -o addr show dev eth1",
-            ],
-            timeout=120,
-        )
+        options = hosts.ssh_options(lab.state.known_hosts, strict=False)
+        proc = lab.run_in_lab([*host.ssh_argv(options), "hostname; ip -4 -o addr show dev eth1"], timeout=120)
         assert proc.stdout.splitlines()[0] == host.name
         assert f"inet {host.address}/24" in proc.stdout
 
