@@ -22,6 +22,7 @@ from provisioner.verify.lab import (
     describe_pods,
     dial,
     is_ready,
+    node_ready,
     scratch_namespace,
     service,
     wait_no_pods,
@@ -50,9 +51,9 @@ def check_nodes_ready(lab: Lab) -> str:
             if node is None:
                 problems.append(f"{name} not registered")
                 continue
-            ready = [c for c in node["status"].get("conditions", []) if c["type"] == "Ready"]
-            if not ready or ready[0]["status"] != "True":
-                problems.append(f"{name} not Ready ({ready[0].get('reason', '') if ready else 'no condition'})")
+            ready, condition = node_ready(node)
+            if not ready:
+                problems.append(f"{name} not Ready ({condition.get('reason', '') if condition else 'no condition'})")
             got = node["status"]["nodeInfo"]["kubeletVersion"]
             if got != version:
                 problems.append(f"{name} runs kubelet {got}, not {version}")

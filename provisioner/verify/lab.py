@@ -172,6 +172,13 @@ def is_ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
+def node_ready(node: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """Whether a Node is Ready, and its Ready condition ({} while the kubelet has reported none)."""
+    conditions = node["status"].get("conditions") or []
+    condition: dict[str, Any] = next((c for c in conditions if c["type"] == "Ready"), {})
+    return condition.get("status") == "True", condition
+
+
 def describe_pods(items: list[dict[str, Any]]) -> str:
     if not items:
         return "no pods"

@@ -22,6 +22,7 @@ from provisioner.verify.lab import (
     deploy,
     describe_pods,
     is_ready,
+    node_ready,
     pods,
     scratch_namespace,
     wait_ready_pods,
@@ -120,13 +121,12 @@ def _wait_cluster_answers(lab: Lab, unit: str, node: str) -> None:
     wait_for("the apiserver's /readyz to answer ok", readyz, RESTART_READY_TIMEOUT, interval=3)
     if unit in WORKER_DAEMONS:
 
-        def node_ready() -> None:
-            n = lab.kubectl.json("get", "node", node)
-            ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"]
-            if not ready or ready[0]["status"] != "True":
-                raise NotYet(f"{node} Ready={ready[0]['status'] if ready else '?'}")
+        def back_ready() -> None:
+            ready, condition = node_ready(lab.kubectl.json("get", "node", node))
+            if not ready:
+                raise NotYet(f"{node} Ready={condition.get('status', '?')}")
 
-        wait_for(f"node {node} Ready", node_ready, 240, interval=3)
+        wait_for(f"node {node} Ready", back_ready, 240, interval=3)
     if unit in ("kube-scheduler", "kube-controller-manager"):
         port = layout.PORTS[layout.unit(unit).ports[0]]
         script = (
@@ -165,9 +165,7 @@ def check_worker_shutdown(lab: Lab) -> str:
         try:
 
             def not_ready() -> None:
-                n = lab.kubectl.json("get", "node", victim.name)
-                ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"]
-                if ready and ready[0]["status"] == "True":
+                if node_ready(lab.kubectl.json("get", "node", victim.name))[0]:
                     raise NotYet(f"{victim.name} still Ready")
 
             wait_for(f"node {victim.name} to turn NotReady", not_ready, 300, interval=5)
@@ -186,9 +184,7 @@ def check_worker_shutdown(lab: Lab) -> str:
             lab.provider.create([victim])
 
             def ready_again() -> None:
-                n = lab.kubectl.json("get", "node", victim.name)
-                ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"]
-                if not ready or ready[0]["status"] != "True":
+                if not node_ready(lab.kubectl.json("get", "node", victim.name))[0]:
                     raise NotYet(f"{victim.name} not Ready yet")
 
             wait_for(f"node {victim.name} Ready again after restart", ready_again, 600, interval=5)

@@ -27,7 +27,7 @@ from provisioner.state import State
 from provisioner.verify import certs, check_ids, clusterchecks, hostchecks, selected, selfheal
 from provisioner.verify.cluster import judge_stored_secret
 from provisioner.verify.kube import CheckFailed, NotYet, wait_for
-from provisioner.verify.lab import agnhost_deployment
+from provisioner.verify.lab import agnhost_deployment, node_ready
 from provisioner.verify.report import FAILED, PASSED, SKIPPED, CheckResult, VerifyReport, from_junit
 
 
@@ -303,6 +303,17 @@ def test_test_workloads_never_pull_and_leave_a_dead_node_in_seconds() -> None:
     }
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     assert d["spec"]["selector"]["matchLabels"] == d["spec"]["template"]["metadata"]["labels"] == {"app": "resched"}
+
+
+def test_a_node_is_ready_only_while_its_ready_condition_says_true() -> None:
+    pressure = {"type": "MemoryPressure", "status": "False"}
+    ready = {"type": "Ready", "status": "True", "reason": "KubeletReady"}
+    gone = {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}
+    assert node_ready({"status": {"conditions": [pressure, ready]}}) == (True, ready)
+    assert node_ready({"status": {"conditions": [pressure, gone]}}) == (False, gone)
+    # A node the kubelet has just registered reports no conditions yet.
+    assert node_ready({"status": {"conditions": [pressure]}}) == (False, {})
+    assert node_ready({"status": {}}) == (False, {})
 
 
 @pytest.mark.parametrize(
