@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from provisioner import layout
 from provisioner.spec import VagrantProvider
-from provisioner.verify.kube import CheckFailed, NotYet, wait_for
+from provisioner.verify import probe
+from provisioner.verify.kube import CheckFailed, NotYet, Ssh, wait_for
 from provisioner.verify.lab import (
     POD_READY_TIMEOUT,
     ClusterCheck,
@@ -129,17 +130,20 @@ def _wait_cluster_answers(lab: Lab, unit: str, node: str) -> None:
         wait_for(f"node {node} Ready", back_ready, 240, interval=3)
     if unit in ("kube-scheduler", "kube-controller-manager"):
         port = layout.PORTS[layout.unit(unit).ports[0]]
-        script = (
-            "import ssl,urllib.request;print(urllib.request.urlopen("
-            f"'https://127.0.0.1:{port}/healthz',context=ssl._create_unverified_context(),timeout=10).read().decode())"
-        )
 
         def healthz() -> None:
-            out = lab.ssh.run(node, f'python3 -c "{script}"', check=False).stdout.decode().strip()
+            out = component_healthz(lab.ssh, node, port)
             if out != "ok":
                 raise NotYet(f"{unit} /healthz: {out or 'no answer'}")
 
         wait_for(f"{unit} /healthz on {node}", healthz, 180, interval=3)
+
+
+def component_healthz(ssh: Ssh, node: str, port: int) -> str:
+    """What a component's /healthz on the node's loopback answers ('' unless 2xx); its certificate is not verified."""
+    command = probe.node_command(probe.get_args(f"https://127.0.0.1:{port}/healthz", 10, verify=False))
+    proc = ssh.run(node, command, check=False)
+    return probe.read_answer(proc.stdout.decode())[1].strip() if proc.returncode == 0 else ""
 
 
 def _failing_checks(text: str) -> str:
