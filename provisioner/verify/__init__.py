@@ -1,8 +1,8 @@
 """`provisioner verify`: prove the seed's promises on a running cluster.
 
 Host checks run as testinfra modules (provisioner/verify/hosts/) over SSH; cluster checks run through
-the API with kubectl (provisioner/verify/cluster.py). Both become rows of one :class:`VerifyReport`,
-which is also written as JSON under ``State.root / "reports"``.
+the API with kubectl (provisioner/verify/clusterchecks.py lists them in order). Both become rows of one
+:class:`VerifyReport`, which is also written as JSON under ``State.root / "reports"``.
 """
 
 from __future__ import annotations
@@ -21,35 +21,30 @@ from provisioner.kube import Kubectl
 from provisioner.providers import for_cluster
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
-from provisioner.verify import cluster as cluster_checks
-from provisioner.verify import hostchecks, security
+from provisioner.verify import clusterchecks, hostchecks, security
 from provisioner.verify.kube import CheckFailed, Ssh
+from provisioner.verify.lab import ClusterCheck, Lab, Skip
 from provisioner.verify.report import FAILED, PASSED, SKIPPED, CheckResult, VerifyReport
 
 __all__ = ["CheckResult", "VerifyReport", "check_ids", "run", "selected"]
 
-# Every cluster check in the order verify runs them: the security checks after the other non-disruptive
-# ones, before the self-healing checks take components down.
-_AFTER = next(i for i, c in enumerate(cluster_checks.CHECKS) if c.id == "drift") + 1
-CHECKS = [*cluster_checks.CHECKS[:_AFTER], *security.CHECKS, *cluster_checks.CHECKS[_AFTER:]]
-
 # Names that select several checks at once with --only.
 ALIASES = {
     "hosts": list(hostchecks.MODULES),
-    "cluster": [c.id for c in cluster_checks.CHECKS],
-    "security": [c.id for c in security.CHECKS],
+    "cluster": [c.id for c in clusterchecks.CHECKS],
+    "security": [c.id for c in security.GROUP],
     "self-healing": ["pod-replaced", "container-restarted", "kill-*", "worker-shutdown"],
     "etcd": ["etcd-*"],
 }
 
 
 # Checks that take the control plane or a worker down for a while.
-DISRUPTIVE = {c.id for c in CHECKS if c.id.startswith("kill-") or c.id == "worker-shutdown"}
+DISRUPTIVE = {c.id for c in clusterchecks.CHECKS if c.id.startswith("kill-") or c.id == "worker-shutdown"}
 
 
 def check_ids() -> list[str]:
     """Every selectable check, in the order verify runs them."""
-    return [*hostchecks.MODULES, *(c.id for c in CHECKS)]
+    return [*hostchecks.MODULES, *(c.id for c in clusterchecks.CHECKS)]
 
 
 def selected(select: Sequence[str] | None) -> list[str]:
@@ -110,7 +105,7 @@ def run(cluster: Cluster, state: State, bus: EventBus, select: Sequence[str] | N
         report.files.append(str(run_dir / "hosts-junit.xml"))
         bus.emit(PhaseFinished("verify hosts", time.monotonic() - started, ok=all(r.ok for r in rows)))
 
-    lab = cluster_checks.Lab(
+    lab = Lab(
         cluster=cluster,
         kubectl=Kubectl(kubectl_bin, state.kubeconfig, prefix),
         ssh=Ssh(nodes, prefix, options),
@@ -118,22 +113,22 @@ def run(cluster: Cluster, state: State, bus: EventBus, select: Sequence[str] | N
         agnhost_image=artifacts.image_names(cluster.spec.kubernetes.version)["agnhost"],
         provider=provider,
     )
-    for check in CHECKS:
+    for check in clusterchecks.CHECKS:
         if check.id in chosen:
             if check.id in DISRUPTIVE and lab.deleting:
                 # Kills and a shutdown start from a settled cluster: the namespaces of the checks before
                 # them are deleted first, so their teardown is neither slowed nor blamed on the kill.
-                report.results.append(_run_check(lab, cluster_checks.CLEANUP, bus))
+                report.results.append(_run_check(lab, clusterchecks.CLEANUP, bus))
             report.results.append(_run_check(lab, check, bus))
             report.write_json(run_dir / "report.json")  # a partial report survives an interrupted run
     if lab.deleting:
-        report.results.append(_run_check(lab, cluster_checks.CLEANUP, bus))
+        report.results.append(_run_check(lab, clusterchecks.CLEANUP, bus))
 
     report.files.insert(0, str(report.write_json(run_dir / "report.json")))
     return report
 
 
-def _run_check(lab: cluster_checks.Lab, check: cluster_checks.ClusterCheck, bus: EventBus) -> CheckResult:
+def _run_check(lab: Lab, check: ClusterCheck, bus: EventBus) -> CheckResult:
     phase = f"verify {check.id}"
     bus.emit(PhaseStarted(phase, check.expectation))
     lab.progress = lambda message: bus.emit(Progress(phase, message))
@@ -141,7 +136,7 @@ def _run_check(lab: cluster_checks.Lab, check: cluster_checks.ClusterCheck, bus:
     started = time.monotonic()
     try:
         detail, result = check.run(lab), PASSED
-    except cluster_checks.Skip as exc:
+    except Skip as exc:
         detail, result = str(exc), SKIPPED
     except CheckFailed as exc:
         detail, result = str(exc), FAILED

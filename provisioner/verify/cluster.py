@@ -1,253 +1,35 @@
-"""Cluster checks: the seed's promises tested through the API from the admin machine.
-
-Each check creates what it needs in a namespace of its own, proves one promise, and deletes the
-namespace again. Every wait is bounded and, when it gives up, says what it waited for and what it saw.
-Timeouts are generous because the lab may run under software emulation (see LAB-NOTES.md).
-"""
+"""Cluster checks that the cluster works: nodes, system pods, DNS, Services, desired state in etcd, scaling, drift."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
 import secrets
 import tempfile
 import time
-import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from provisioner import drift as drift_mod
 from provisioner import layout
-from provisioner.kube import Kubectl, KubectlError
-from provisioner.providers.base import Provider
-from provisioner.spec import Cluster, Node, VagrantProvider
-from provisioner.verify.kube import CheckFailed, NotYet, Ssh, http_get, wait_for
+from provisioner.verify.kube import CheckFailed, NotYet, http_get, wait_for
+from provisioner.verify.lab import (
+    ClusterCheck,
+    Lab,
+    agnhost_deployment,
+    client_pod,
+    deploy,
+    describe_pods,
+    dial,
+    is_ready,
+    node_ready,
+    scratch_namespace,
+    service,
+    wait_no_pods,
+    wait_ready_pods,
+)
 
-PKI = layout.DIRS.pki
 ETCDCTL = f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:{layout.PORTS['etcd_client']} {layout.ETCDCTL_TLS}"
-CRICTL = f"crictl --runtime-endpoint=unix://{layout.CONTAINERD_SOCKET}"
-HTTP_PORT = 8080
-# Long enough for a pod to start on an emulated worker (image already imported, no pull).
-POD_READY_TIMEOUT = 300.0
-
-
-@dataclass
-class Lab:
-    """Everything a check needs to reach the cluster."""
-
-    cluster: Cluster
-    kubectl: Kubectl
-    ssh: Ssh
-    prefix: Sequence[str]
-    agnhost_image: str
-    provider: Provider | None = None
-    progress: Callable[[str], None] = lambda message: None
-    cleanup_problems: list[str] = field(default_factory=list)
-    # Scratch namespaces whose deletion was asked for; the "cleanup" row waits for them all at the end.
-    deleting: list[str] = field(default_factory=list)
-
-    @property
-    def master(self) -> Node:
-        return self.cluster.masters[0]
-
-    @property
-    def workers(self) -> list[Node]:
-        return self.cluster.workers
-
-
-@dataclass(frozen=True)
-class ClusterCheck:
-    id: str
-    expectation: str
-    run: Callable[[Lab], str]  # returns a detail worth reporting; raises CheckFailed when the promise is broken
-
-
-# --- workloads ----------------------------------------------------------------------------------------
-
-
-def agnhost_deployment(
-    name: str,
-    image: str,
-    replicas: int = 1,
-    args: Sequence[str] = ("netexec", f"--http-port={HTTP_PORT}"),
-    spread: bool = False,
-    toleration_seconds: int | None = None,
-) -> dict[str, Any]:
-    """A Deployment of agnhost pods labelled app=NAME; the image is pre-imported, never pulled."""
-    pod_spec: dict[str, Any] = {
-        "terminationGracePeriodSeconds": 1,
-        "containers": [
-            {
-                "name": "agnhost",
-                "image": image,
-                "imagePullPolicy": "Never",
-                "args": list(args),
-                "ports": [{"containerPort": HTTP_PORT, "name": "http"}],
-            }
-        ],
-    }
-    if spread:
-        # A preference, not a rule: the check observes where the scheduler puts pods.
-        pod_spec["topologySpreadConstraints"] = [
-            {
-                "maxSkew": 1,
-                "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": {"app": name}},
-            }
-        ]
-    if toleration_seconds is not None:
-        # Evict from an unreachable node after seconds, not the default five minutes.
-        pod_spec["tolerations"] = [
-            {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": toleration_seconds}
-            for key in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
-        ]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
-        },
-    }
-
-
-def service(name: str, kind: str = "ClusterIP") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"type": kind, "selector": {"app": name}, "ports": [{"port": 80, "targetPort": HTTP_PORT}]},
-    }
-
-
-@contextlib.contextmanager
-def scratch_namespace(lab: Lab, check: str) -> Iterator[str]:
-    """A fresh namespace for one check, deleted afterwards.
-
-    The deletion is asked for at once but not waited on here: on emulated nodes tearing down a namespace's
-    pods can take minutes, which would be charged to the check. The "cleanup" row at the end of verify
-    waits for every namespace asked for (problems are reported there, not hidden).
-    """
-    ns = f"verify-{check}-{secrets.token_hex(3)}"
-    lab.kubectl.run("create", "namespace", ns)
-    try:
-        yield ns
-    finally:
-        proc = lab.kubectl.run("delete", "namespace", ns, "--wait=false", check=False)
-        if proc.returncode != 0:
-            lab.cleanup_problems.append(f"namespace {ns} not deleted: {proc.stderr.strip()}")
-        else:
-            lab.deleting.append(ns)
-
-
-CLEANUP_TIMEOUT = 600.0
-# How long a restarted apiserver may take to be ready again: the same bound `up` gives it to start
-# (control_plane_start_timeout). On an emulated master its post-start hooks alone took 119 s to 240+ s.
-RESTART_READY_TIMEOUT = 420.0
-
-
-def check_cleanup(lab: Lab) -> str:
-    """Wait until every scratch namespace the checks deleted so far is gone; they are not waited on again."""
-    asked, lab.deleting = list(lab.deleting), []
-    started = time.monotonic()
-
-    def probe() -> str:
-        items = lab.kubectl.json("get", "namespaces")["items"]
-        left = sorted({i["metadata"]["name"] for i in items} & set(asked))
-        if left:
-            raise NotYet(f"still there: {', '.join(left)}")
-        return f"{len(asked)} scratch namespace(s) gone {time.monotonic() - started:.0f}s after the last check"
-
-    return wait_for("the checks' scratch namespaces to be deleted", probe, CLEANUP_TIMEOUT, interval=5)
-
-
-CLEANUP = ClusterCheck("cleanup", "every scratch namespace the checks made is deleted again", check_cleanup)
-
-
-def pods(lab: Lab, ns: str, app: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = lab.kubectl.json("get", "pods", "-n", ns, "-l", f"app={app}")["items"]
-    return items
-
-
-def is_ready(pod: dict[str, Any]) -> bool:
-    if pod["metadata"].get("deletionTimestamp"):
-        return False
-    conditions = pod.get("status", {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def describe_pods(items: list[dict[str, Any]]) -> str:
-    if not items:
-        return "no pods"
-    parts = []
-    for p in items:
-        status = p.get("status", {})
-        waiting = [
-            cs["state"]["waiting"].get("reason", "")
-            for cs in status.get("containerStatuses") or []
-            if "waiting" in cs.get("state", {})
-        ]
-        state = "Ready" if is_ready(p) else (",".join(waiting) or status.get("phase", "?"))
-        parts.append(f"{p['metadata']['name']} {state} on {p['spec'].get('nodeName') or '-'}")
-    return "; ".join(parts)
-
-
-def wait_ready_pods(
-    lab: Lab, ns: str, app: str, count: int, timeout: float = POD_READY_TIMEOUT
-) -> list[dict[str, Any]]:
-    def probe() -> list[dict[str, Any]]:
-        items = [p for p in pods(lab, ns, app) if not p["metadata"].get("deletionTimestamp")]
-        ready = [p for p in items if is_ready(p)]
-        if len(ready) != count or len(items) != count:
-            raise NotYet(f"{len(ready)}/{count} ready: {describe_pods(items)}")
-        return ready
-
-    return wait_for(f"{count} ready pod(s) of {app} in {ns}", probe, timeout)
-
-
-def wait_no_pods(lab: Lab, ns: str, app: str, timeout: float = 180) -> None:
-    def probe() -> None:
-        items = pods(lab, ns, app)
-        if items:
-            raise NotYet(f"{len(items)} left: {describe_pods(items)}")
-
-    wait_for(f"no pod of {app} left in {ns}", probe, timeout)
-
-
-def deploy(lab: Lab, ns: str, docs: Sequence[dict[str, Any]]) -> None:
-    lab.kubectl.apply(docs, namespace=ns)
-
-
-def dial(lab: Lab, ns: str, pod: str, host: str, port: int, tries: int) -> dict[str, list[str]]:
-    """Ask an agnhost netexec pod to make `tries` HTTP requests for /hostname to host:port (from inside the pod).
-
-    The request reaches the pod through the apiserver's pod proxy (the master routes to every pod
-    subnet), so the admin side needs no route to pod addresses and no long-running port-forward.
-    """
-    query = urllib.parse.urlencode(
-        {"request": "hostname", "protocol": "http", "host": host, "port": port, "tries": tries}
-    )
-    path = f"/api/v1/namespaces/{ns}/pods/{pod}:{HTTP_PORT}/proxy/dial?{query}"
-    timeout = 30 + 5 * tries
-    proc = lab.kubectl.run("get", "--raw", path, f"--request-timeout={timeout}s", check=False, timeout=timeout + 30)
-    if proc.returncode != 0:
-        raise NotYet(f"GET {path}: {(proc.stderr or proc.stdout).strip()[:300]}")
-    result: dict[str, list[str]] = json.loads(proc.stdout)
-    return result
-
-
-def client_pod(lab: Lab, ns: str) -> dict[str, Any]:
-    deploy(lab, ns, [agnhost_deployment("client", lab.agnhost_image)])
-    return wait_ready_pods(lab, ns, "client", 1)[0]
 
 
 # --- checks: the cluster is whole ----------------------------------------------------------------------
@@ -265,9 +47,9 @@ def check_nodes_ready(lab: Lab) -> str:
             if node is None:
                 problems.append(f"{name} not registered")
                 continue
-            ready = [c for c in node["status"].get("conditions", []) if c["type"] == "Ready"]
-            if not ready or ready[0]["status"] != "True":
-                problems.append(f"{name} not Ready ({ready[0].get('reason', '') if ready else 'no condition'})")
+            ready, condition = node_ready(node)
+            if not ready:
+                problems.append(f"{name} not Ready ({condition.get('reason', '') if condition else 'no condition'})")
             got = node["status"]["nodeInfo"]["kubeletVersion"]
             if got != version:
                 problems.append(f"{name} runs kubelet {got}, not {version}")
@@ -462,181 +244,7 @@ def check_drift(lab: Lab) -> str:
         return "none after apply; after kubectl scale: " + "; ".join(d.line() for d in after)
 
 
-# --- checks: self-healing -------------------------------------------------------------------------------
-
-
-def check_pod_replaced(lab: Lab) -> str:
-    with scratch_namespace(lab, "heal-pod") as ns:
-        deploy(lab, ns, [agnhost_deployment("heal", lab.agnhost_image)])
-        old = wait_ready_pods(lab, ns, "heal", 1)[0]["metadata"]["name"]
-        started = time.monotonic()
-        lab.kubectl.run("delete", "pod", old, "-n", ns, "--wait=false")
-
-        def probe() -> str:
-            ready = [p["metadata"]["name"] for p in pods(lab, ns, "heal") if is_ready(p)]
-            fresh = [str(n) for n in ready if n != old]
-            if not fresh:
-                raise NotYet(describe_pods(pods(lab, ns, "heal")))
-            return fresh[0]
-
-        new = wait_for(f"a Ready replacement for deleted pod {old}", probe, POD_READY_TIMEOUT)
-        return f"{old} deleted, {new} Ready after {time.monotonic() - started:.0f}s"
-
-
-def check_container_restarted(lab: Lab) -> str:
-    with scratch_namespace(lab, "heal-ctr") as ns:
-        deploy(lab, ns, [agnhost_deployment("crash", lab.agnhost_image)])
-        pod = wait_ready_pods(lab, ns, "crash", 1)[0]
-        name, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
-        status = pod["status"]["containerStatuses"][0]
-        container_id = status["containerID"].split("://", 1)[-1]
-        restarts = status.get("restartCount", 0)
-        started = time.monotonic()
-        # crictl stop with no grace period: the container is killed (SIGKILL), the pod is not touched.
-        lab.ssh.run(node, f"{CRICTL} stop --timeout 0 {container_id}", timeout=90)
-
-        def probe() -> int:
-            p = lab.kubectl.json("get", "pod", name, "-n", ns)
-            cs = p["status"]["containerStatuses"][0]
-            if cs.get("restartCount", 0) <= restarts or not is_ready(p):
-                raise NotYet(f"restartCount {cs.get('restartCount', 0)}, ready {is_ready(p)}")
-            return int(cs["restartCount"])
-
-        count = wait_for(f"container of {name} restarted by the kubelet on {node}", probe, 180)
-        took = time.monotonic() - started
-        return f"container {container_id[:12]} of {name} on {node} killed; restarted (count {count}) in {took:.0f}s"
-
-
-# The daemons kill -9 is tried on: every unit of the layout that runs a binary (a fast test holds this to the
-# layout), in this order: the apiserver and its consumers first, etcd under them last; on a worker the
-# kubelet before the runtime it depends on.
-MASTER_DAEMONS = ["kube-apiserver", "kube-scheduler", "kube-controller-manager", "etcd"]
-WORKER_DAEMONS = ["kubelet", "containerd", "kube-proxy"]
-
-
-def _main_pid(lab: Lab, node: str, unit: str) -> int:
-    return int(lab.ssh.text(node, f"systemctl show --property=MainPID --value {unit}") or 0)
-
-
-def kill_check(unit: str) -> Callable[[Lab], str]:
-    def run(lab: Lab) -> str:
-        node = lab.master.name if unit in MASTER_DAEMONS else lab.workers[0].name
-        old = _main_pid(lab, node, unit)
-        if old <= 0:
-            raise CheckFailed(f"{unit} on {node} is not running (MainPID 0) before the kill")
-        started = time.monotonic()
-        lab.ssh.run(node, f"kill -9 {old}")
-
-        def back() -> int:
-            active = lab.ssh.run(node, f"systemctl is-active {unit}", check=False).stdout.decode().strip()
-            pid = _main_pid(lab, node, unit)
-            if active != "active" or pid in (0, old):
-                raise NotYet(f"{unit} is {active}, MainPID {pid}")
-            return pid
-
-        new = wait_for(f"systemd to restart {unit} on {node} after kill -9", back, 180)
-        restarted = time.monotonic() - started
-        _wait_cluster_answers(lab, unit, node)
-        answered = time.monotonic() - started
-        return f"pid {old} killed on {node}; pid {new} after {restarted:.0f}s; cluster answered after {answered:.0f}s"
-
-    return run
-
-
-def _wait_cluster_answers(lab: Lab, unit: str, node: str) -> None:
-    def readyz() -> None:
-        proc = lab.kubectl.run("get", "--raw=/readyz", "--request-timeout=20s", check=False, timeout=30)
-        if proc.returncode != 0 or proc.stdout.strip() != "ok":
-            raise NotYet(f"/readyz: {_failing_checks(proc.stdout + proc.stderr)}")
-
-    wait_for("the apiserver's /readyz to answer ok", readyz, RESTART_READY_TIMEOUT, interval=3)
-    if unit in WORKER_DAEMONS:
-
-        def node_ready() -> None:
-            n = lab.kubectl.json("get", "node", node)
-            ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"]
-            if not ready or ready[0]["status"] != "True":
-                raise NotYet(f"{node} Ready={ready[0]['status'] if ready else '?'}")
-
-        wait_for(f"node {node} Ready", node_ready, 240, interval=3)
-    if unit in ("kube-scheduler", "kube-controller-manager"):
-        port = layout.PORTS[layout.unit(unit).ports[0]]
-        script = (
-            "import ssl,urllib.request;print(urllib.request.urlopen("
-            f"'https://127.0.0.1:{port}/healthz',context=ssl._create_unverified_context(),timeout=10).read().decode())"
-        )
-
-        def healthz() -> None:
-            out = lab.ssh.run(node, f'python3 -c "{script}"', check=False).stdout.decode().strip()
-            if out != "ok":
-                raise NotYet(f"{unit} /healthz: {out or 'no answer'}")
-
-        wait_for(f"{unit} /healthz on {node}", healthz, 180, interval=3)
-
-
-def _failing_checks(text: str) -> str:
-    """The [-] lines of a /readyz answer (which check is not ready), else the answer's first line."""
-    failing = re.findall(r"\[-\]([^\\\n]+)", text)
-    return ", ".join(f.strip() for f in failing) if failing else (text.strip().splitlines() or ["no answer"])[0][:200]
-
-
-def check_worker_shutdown(lab: Lab) -> str:
-    if lab.provider is None or not isinstance(lab.cluster.spec.provider, VagrantProvider):
-        raise Skip("static hosts cannot be powered on again by provisioner; shut one down by hand to test this")
-    if len(lab.workers) < 2:
-        raise Skip("needs two workers to reschedule onto")
-    victim, survivor = lab.workers[-1], lab.workers[0]
-    with scratch_namespace(lab, "resched") as ns:
-        deploy(lab, ns, [agnhost_deployment("resched", lab.agnhost_image, 2, spread=True, toleration_seconds=10)])
-        placed = Counter(p["spec"]["nodeName"] for p in wait_ready_pods(lab, ns, "resched", 2))
-        started = time.monotonic()
-        lab.progress(f"powering off {victim.name}")
-        # --no-block: systemctl returns before the machine (and this SSH session) goes away.
-        lab.ssh.run(victim.name, "systemctl --no-block poweroff", timeout=30)
-        lab.ssh.close(victim.name)
-        try:
-
-            def not_ready() -> None:
-                n = lab.kubectl.json("get", "node", victim.name)
-                ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"]
-                if ready and ready[0]["status"] == "True":
-                    raise NotYet(f"{victim.name} still Ready")
-
-            wait_for(f"node {victim.name} to turn NotReady", not_ready, 300, interval=5)
-            t_notready = time.monotonic() - started
-
-            def rescheduled() -> None:
-                items = [p for p in pods(lab, ns, "resched") if is_ready(p)]
-                on_survivor = [p for p in items if p["spec"]["nodeName"] == survivor.name]
-                if len(on_survivor) < 2:
-                    raise NotYet(describe_pods(pods(lab, ns, "resched")))
-
-            wait_for(f"both pods Ready on {survivor.name}", rescheduled, 420, interval=5)
-            t_moved = time.monotonic() - started
-        finally:
-            lab.progress(f"starting {victim.name} again")
-            lab.provider.create([victim])
-
-            def ready_again() -> None:
-                n = lab.kubectl.json("get", "node", victim.name)
-                ready = [c for c in n["status"]["conditions"] if c["type"] == "Ready"]
-                if not ready or ready[0]["status"] != "True":
-                    raise NotYet(f"{victim.name} not Ready yet")
-
-            wait_for(f"node {victim.name} Ready again after restart", ready_again, 600, interval=5)
-        t_back = time.monotonic() - started
-        before = ", ".join(f"{n} {c}" for n, c in sorted(placed.items()))
-        return (
-            f"pods on {before}; {victim.name} NotReady after {t_notready:.0f}s, both pods on {survivor.name} "
-            f"after {t_moved:.0f}s, {victim.name} Ready again after {t_back:.0f}s"
-        )
-
-
-class Skip(Exception):
-    """The check cannot run on this cluster (the reason is reported as a skipped row)."""
-
-
-CHECKS: list[ClusterCheck] = [
+GROUP: list[ClusterCheck] = [
     ClusterCheck(
         "nodes-ready", "every worker is a Ready node at the spec's version; the master is no node", check_nodes_ready
     ),
@@ -668,23 +276,4 @@ CHECKS: list[ClusterCheck] = [
         "`provisioner drift` reports nothing after apply and reports spec.replicas after kubectl scale",
         check_drift,
     ),
-    ClusterCheck("pod-replaced", "a deleted pod of a Deployment is replaced by a new Ready pod", check_pod_replaced),
-    ClusterCheck(
-        "container-restarted",
-        "a container killed on its worker with crictl is restarted by the kubelet",
-        check_container_restarted,
-    ),
-    *[
-        ClusterCheck(
-            f"kill-{unit}", f"kill -9 of {unit}: systemd restarts it and the cluster answers again", kill_check(unit)
-        )
-        for unit in MASTER_DAEMONS + WORKER_DAEMONS
-    ],
-    ClusterCheck(
-        "worker-shutdown",
-        "a worker shut down turns NotReady, its pods (10 s tolerations) move to the other worker, and it comes back",
-        check_worker_shutdown,
-    ),
 ]
-
-__all__ = ["CHECKS", "CLEANUP", "CheckFailed", "ClusterCheck", "KubectlError", "Lab", "Skip"]

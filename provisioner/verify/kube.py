@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import TypeVar
 from provisioner.errors import ProvisionerError
 from provisioner.hosts import HostConnection
 from provisioner.kube import KubectlError
+from provisioner.verify import probe
 
 T = TypeVar("T")
 
@@ -98,29 +98,15 @@ class Ssh:
         return self.run(node, script, timeout=timeout, input=input).stdout.decode(errors="replace").strip()
 
 
-_HTTP_GET = """
-import sys, urllib.error, urllib.request
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
-        sys.stdout.write(r.read().decode(errors="replace"))
-except urllib.error.HTTPError as exc:
-    sys.stderr.write(f"HTTP {exc.code}: {exc.read().decode(errors='replace').strip()}")
-    sys.exit(1)
-except Exception as exc:
-    sys.stderr.write(f"{type(exc).__name__}: {exc}")
-    sys.exit(1)
-"""
-
-
 def http_get(prefix: Sequence[str], url: str, timeout: float = 10) -> str:
-    """GET a URL from inside the lab's namespace (a short Python child process runs under the prefix)."""
+    """GET a URL from inside the lab's namespace (verify's probe script runs under the prefix); the body."""
     proc = subprocess.run(
-        [*prefix, sys.executable, "-c", _HTTP_GET, url, str(timeout)],
+        probe.local_argv(prefix, probe.get_args(url, timeout)),
         capture_output=True,
         text=True,
         timeout=timeout + 30,
         check=False,
     )
     if proc.returncode != 0:
-        raise NotYet(f"GET {url}: {proc.stderr.strip() or proc.returncode}")
-    return proc.stdout
+        raise NotYet(f"GET {url}: {probe.failure(proc.stderr).text or proc.returncode}")
+    return probe.read_answer(proc.stdout)[1]

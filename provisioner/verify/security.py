@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from provisioner import layout
-from provisioner.verify.cluster import ClusterCheck, Lab, agnhost_deployment, scratch_namespace
 from provisioner.verify.kube import CheckFailed, NotYet, wait_for
+from provisioner.verify.lab import ClusterCheck, Lab, agnhost_deployment, scratch_namespace
 
 # Runs on the master with the worker's certificate and key on stdin (never on a command line, which a
 # failure would print): a TLS handshake and GET /version on each port, once per identity.
@@ -208,7 +208,7 @@ def check_audit_logged(lab: Lab) -> str:
     return f"GET namespace {marker} recorded in {AUDIT_LOG} on {lab.master.name} ({count} line(s))"
 
 
-CHECKS = [
+GROUP = [
     ClusterCheck(
         "anonymous-refused",
         "a request with no credentials is refused (401) by the apiserver and by every kubelet",

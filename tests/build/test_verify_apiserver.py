@@ -31,6 +31,7 @@ from provisioner.paths import cache_root, default_spec
 from provisioner.state import State
 from provisioner.verify import cluster as checks
 from provisioner.verify.kube import CheckFailed, NotYet, Ssh, wait_for
+from provisioner.verify.lab import Lab, check_cleanup
 
 pytestmark = pytest.mark.build
 
@@ -57,7 +58,7 @@ class LocalShell(Ssh):
 
 @dataclass
 class ControlPlane:
-    lab: checks.Lab
+    lab: Lab
     kubectl: Kubectl
     etcd_port: int
 
@@ -164,7 +165,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         master = HostConnection("master", "master", "127.0.0.1", "127.0.0.1", 22, "root", Path("/nonexistent"))
         shell = LocalShell({"master": master}, pki_dir=p, bin_dir=aset.bin, etcd_port=etcd_port)
         image = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
-        yield ControlPlane(checks.Lab(cluster, kubectl, shell, [], image), kubectl, etcd_port)
+        yield ControlPlane(Lab(cluster, kubectl, shell, [], image), kubectl, etcd_port)
     finally:
         for proc in (controller_manager, apiserver, etcd):
             if proc is not None:
@@ -204,7 +205,7 @@ def test_drift_check_passes_and_cleans_up(control_plane: ControlPlane) -> None:
     assert "spec.replicas: 1 (file) → 2 (live)" in detail
     asked = set(control_plane.lab.deleting)
     assert asked, "the check's namespace deletion was asked for"
-    print(f"cleanup: {checks.check_cleanup(control_plane.lab)}")
+    print(f"cleanup: {check_cleanup(control_plane.lab)}")
     after = _namespaces(control_plane.kubectl)
     assert not after & asked
     assert after <= before  # nothing new stays behind (earlier tests' namespaces may be gone by now)

@@ -20,8 +20,8 @@ from provisioner.events import EventBus
 from provisioner.kube import Kubectl
 from provisioner.providers import for_cluster
 from provisioner.state import State
-from provisioner.verify import cluster as checks
 from provisioner.verify.kube import Ssh
+from provisioner.verify.lab import Lab, agnhost_deployment, pods, wait_ready_pods
 
 pytestmark = [pytest.mark.lab, pytest.mark.cluster, pytest.mark.verify]
 
@@ -41,11 +41,11 @@ def _verify(spec_file: Path, step: str) -> None:
     assert hosts == {"master", *(n.name for n in cluster.workers)}
 
 
-def _pods(lab: checks.Lab) -> dict[str, tuple[str, int]]:
+def _pods(lab: Lab) -> dict[str, tuple[str, int]]:
     """uid -> (node, restarts) of the kept Deployment's pods."""
     return {
         p["metadata"]["uid"]: (p["spec"]["nodeName"], sum(c["restartCount"] for c in p["status"]["containerStatuses"]))
-        for p in checks.pods(lab, NAMESPACE, "keep")
+        for p in pods(lab, NAMESPACE, "keep")
     }
 
 
@@ -56,11 +56,11 @@ def test_scale_to_three_workers_and_back_to_one(lab_cluster: LabCluster, tmp_pat
         artifacts.artifact_set(lab_cluster.cluster).bin / "kubectl", lab_cluster.kubeconfig, lab_cluster.prefix
     )
     image = artifacts.image_names(lab_cluster.cluster.spec.kubernetes.version)["agnhost"]
-    lab = checks.Lab(lab_cluster.cluster, kubectl, Ssh({}, lab_cluster.prefix, []), lab_cluster.prefix, image)
+    lab = Lab(lab_cluster.cluster, kubectl, Ssh({}, lab_cluster.prefix, []), lab_cluster.prefix, image)
     kubectl.run("create", "namespace", NAMESPACE)
     try:
-        kubectl.apply([checks.agnhost_deployment("keep", image, 2, spread=True)], namespace=NAMESPACE)
-        checks.wait_ready_pods(lab, NAMESPACE, "keep", 2)
+        kubectl.apply([agnhost_deployment("keep", image, 2, spread=True)], namespace=NAMESPACE)
+        wait_ready_pods(lab, NAMESPACE, "keep", 2)
         before = _pods(lab)
 
         started = time.monotonic()
@@ -89,7 +89,7 @@ def test_scale_to_three_workers_and_back_to_one(lab_cluster: LabCluster, tmp_pat
             "worker-3": "not created",
         }
         # Nothing lost: the drained pods run again on the worker that stayed.
-        moved = checks.wait_ready_pods(lab, NAMESPACE, "keep", 2)
+        moved = wait_ready_pods(lab, NAMESPACE, "keep", 2)
         assert {p["spec"]["nodeName"] for p in moved} == {"worker-1"}
         _verify(spec_file, "scale 3 -> 1")
     finally:

@@ -22,9 +22,9 @@ from provisioner.cli.drift import app as drift_app
 from provisioner.drift import drift
 from provisioner.events import EventBus, PhaseFinished, Recorder
 from provisioner.kube import Kubectl
-from provisioner.verify import cluster as cluster_checks
-from provisioner.verify import run
+from provisioner.verify import clusterchecks, run
 from provisioner.verify.kube import Ssh, wait_for
+from provisioner.verify.lab import agnhost_deployment
 from provisioner.verify.report import FAILED, PASSED, SKIPPED
 
 pytestmark = [pytest.mark.lab, pytest.mark.cluster, pytest.mark.verify]
@@ -43,7 +43,7 @@ def test_verify_passes_every_check_on_the_default_lab(lab_cluster: LabCluster) -
         print(f"{r.seconds:8.1f}s  {r.result:<7} {r.check}: {r.detail}")
     assert report.ok, "\n".join(f"{r.check}: {r.detail}" for r in report.failed)
     ran = {r.group for r in report.results if r.result == PASSED}
-    assert ran >= {"master", "worker", "common", *(c.id for c in cluster_checks.CHECKS)}
+    assert ran >= {"master", "worker", "common", *(c.id for c in clusterchecks.CHECKS)}
     assert not [r for r in report.results if r.result == SKIPPED]
     data = json.loads(Path(report.files[0]).read_text())
     assert data["ok"] and len(data["results"]) == len(report.results)
@@ -79,7 +79,7 @@ def applied(lab_cluster: LabCluster, tmp_path: Path) -> Iterator[tuple[Path, str
     kubectl = _kubectl(lab_cluster)
     ns = "drift-test"
     image = artifacts.image_names(lab_cluster.cluster.spec.kubernetes.version)["agnhost"]
-    doc = cluster_checks.agnhost_deployment("web", image, 1)
+    doc = agnhost_deployment("web", image, 1)
     doc["metadata"]["namespace"] = ns
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
     (tmp_path / "web.yaml").write_text(yaml.safe_dump_all([namespace, doc], sort_keys=False))

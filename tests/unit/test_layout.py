@@ -17,7 +17,7 @@ import yaml
 from provisioner import inventory, layout, paths, spec
 from provisioner.artifacts.layout import expected_paths
 from provisioner.state import State
-from provisioner.verify import cluster as cluster_checks
+from provisioner.verify import selfheal
 from provisioner.verify.hosts import test_common, test_master, test_worker
 
 PLAYBOOKS = paths.REPO_ROOT / "playbooks"
@@ -112,7 +112,7 @@ def test_verify_probes_every_unit_of_the_layout() -> None:
         | {u.name for u in test_common.NODE_UNITS}
     )
     assert probed == {u.name for u in layout.UNITS}
-    killed = set(cluster_checks.MASTER_DAEMONS) | set(cluster_checks.WORKER_DAEMONS)
+    killed = set(selfheal.MASTER_DAEMONS) | set(selfheal.WORKER_DAEMONS)
     assert killed == {u.name for u in layout.UNITS if u.binary}
 
 

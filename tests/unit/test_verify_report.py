@@ -24,9 +24,10 @@ from provisioner.cli.verify import app as verify_app
 from provisioner.cli.verify import table
 from provisioner.errors import ProvisionerError
 from provisioner.state import State
-from provisioner.verify import certs, check_ids, hostchecks, selected
-from provisioner.verify import cluster as cluster_checks
+from provisioner.verify import certs, check_ids, clusterchecks, hostchecks, selected, selfheal
+from provisioner.verify.cluster import judge_stored_secret
 from provisioner.verify.kube import CheckFailed, NotYet, wait_for
+from provisioner.verify.lab import agnhost_deployment, node_ready
 from provisioner.verify.report import FAILED, PASSED, SKIPPED, CheckResult, VerifyReport, from_junit
 
 
@@ -276,7 +277,7 @@ def test_verify_command_refuses_an_unknown_check() -> None:
 
 def test_every_daemon_the_playbooks_install_has_a_kill_check() -> None:
     """From the layout's units (what site.yml installs), not from the lists the checks are made from."""
-    ids = [c.id for c in cluster_checks.CHECKS]
+    ids = [c.id for c in clusterchecks.CHECKS]
     assert len(ids) == len(set(ids))
     daemons = [u.name for u in layout.UNITS if u.binary]
     assert len(daemons) == 7
@@ -284,16 +285,16 @@ def test_every_daemon_the_playbooks_install_has_a_kill_check() -> None:
     assert not missing, f"no kill check for {missing}"
     # and each is killed on a node of a role that runs it
     for d in daemons:
-        on = "master" if d in cluster_checks.MASTER_DAEMONS else "worker"
+        on = "master" if d in selfheal.MASTER_DAEMONS else "worker"
         assert on in layout.unit(d).roles, f"kill-{d} runs on a {on}, which has no {d}"
     # Destructive checks run last, the longest (a worker powered off) at the very end.
     assert ids[-1] == "worker-shutdown" and ids.index("nodes-ready") == 0
-    assert all(c.expectation for c in cluster_checks.CHECKS)
+    assert all(c.expectation for c in clusterchecks.CHECKS)
 
 
 def test_test_workloads_never_pull_and_leave_a_dead_node_in_seconds() -> None:
     image = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
-    d = cluster_checks.agnhost_deployment("resched", image, 2, spread=True, toleration_seconds=10)
+    d = agnhost_deployment("resched", image, 2, spread=True, toleration_seconds=10)
     pod = d["spec"]["template"]["spec"]
     assert [c["imagePullPolicy"] for c in pod["containers"]] == ["Never"]
     assert {(t["key"], t["tolerationSeconds"]) for t in pod["tolerations"]} == {
@@ -302,6 +303,17 @@ def test_test_workloads_never_pull_and_leave_a_dead_node_in_seconds() -> None:
     }
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     assert d["spec"]["selector"]["matchLabels"] == d["spec"]["template"]["metadata"]["labels"] == {"app": "resched"}
+
+
+def test_a_node_is_ready_only_while_its_ready_condition_says_true() -> None:
+    pressure = {"type": "MemoryPressure", "status": "False"}
+    ready = {"type": "Ready", "status": "True", "reason": "KubeletReady"}
+    gone = {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}
+    assert node_ready({"status": {"conditions": [pressure, ready]}}) == (True, ready)
+    assert node_ready({"status": {"conditions": [pressure, gone]}}) == (False, gone)
+    # A node the kubelet has just registered reports no conditions yet.
+    assert node_ready({"status": {"conditions": [pressure]}}) == (False, {})
+    assert node_ready({"status": {}}) == (False, {})
 
 
 @pytest.mark.parametrize(
@@ -314,16 +326,16 @@ def test_test_workloads_never_pull_and_leave_a_dead_node_in_seconds() -> None:
 )
 def test_a_secret_stored_in_the_clear_fails_the_check(raw: bytes, problem: str) -> None:
     with pytest.raises(CheckFailed) as err:
-        cluster_checks.judge_stored_secret("/registry/secrets/ns/probe", raw, "verify-plaintext-42")
+        judge_stored_secret("/registry/secrets/ns/probe", raw, "verify-plaintext-42")
     assert problem in str(err.value)
 
 
 def test_an_encrypted_secret_passes_and_names_the_provider() -> None:
     raw = b"k8s:enc:secretbox:v1:key1:\x8f\x02\x11..."
-    detail = cluster_checks.judge_stored_secret("/registry/secrets/ns/probe", raw, "verify-plaintext-42")
+    detail = judge_stored_secret("/registry/secrets/ns/probe", raw, "verify-plaintext-42")
     assert "k8s:enc:secretbox:v1" in detail
     with pytest.raises(CheckFailed) as weaker:
-        cluster_checks.judge_stored_secret("/registry/secrets/ns/probe", b"k8s:enc:aescbc:v1:key1:\x8f", "x")
+        judge_stored_secret("/registry/secrets/ns/probe", b"k8s:enc:aescbc:v1:key1:\x8f", "x")
     assert "not secretbox" in str(weaker.value)
 
 
@@ -334,7 +346,7 @@ def test_a_not_ready_apiserver_is_reported_by_its_failing_checks() -> None:
         '[-]etcd-readiness failed: reason withheld\\n[+]informer-sync ok\\n[+]shutdown ok\\nreadyz check failed") '
         "has prevented the request from succeeding"
     )
-    assert cluster_checks._failing_checks(answer) == "etcd-readiness failed: reason withheld"
-    assert cluster_checks._failing_checks("Unable to connect to the server: EOF\n") == (
+    assert selfheal._failing_checks(answer) == "etcd-readiness failed: reason withheld"
+    assert selfheal._failing_checks("Unable to connect to the server: EOF\n") == (
         "Unable to connect to the server: EOF"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from testinfra.host import Host
 
 from provisioner import layout
+from provisioner.verify import probe
 
 # Names the JSON file of expectations hostchecks.py writes for these modules.
 FACTS_ENV = "PROVISIONER_VERIFY_FACTS"
@@ -18,18 +19,13 @@ def node_name(host: Host) -> str:
 def https_get(host: Host, url: str) -> tuple[int, str]:
     """GET an https URL from the node itself (components bound to loopback), certificate not verified.
 
-    python3 is on every node (Ansible needs it); curl may not be.
+    An HTTP error status fails the probe: (its exit code, Python's last traceback line).
     """
-    script = (
-        "import ssl,sys,urllib.request;"
-        "r=urllib.request.urlopen(sys.argv[1],context=ssl._create_unverified_context(),timeout=15);"
-        "print(r.status);print(r.read().decode())"
-    )
-    cmd = host.run("python3 -c %s %s", script, url)
+    cmd = host.run(probe.node_command(probe.get_args(url, 15, verify=False)))
     if cmd.rc != 0:
-        return cmd.rc, cmd.stderr.strip().splitlines()[-1] if cmd.stderr.strip() else f"exit {cmd.rc}"
-    status, _, body = cmd.stdout.partition("\n")
-    return int(status), body.strip()
+        return cmd.rc, probe.failure(cmd.stderr).exception or f"exit {cmd.rc}"
+    status, body = probe.read_answer(cmd.stdout)
+    return status, body.strip()
 
 
 def running_programs(host: Host) -> set[str]:
@@ -66,7 +62,9 @@ def served_certificate_pem(host: Host, address: str, port: int) -> bytes:
     Not verified: we inspect it. Endpoints demanding a client certificate still show theirs (TLS 1.3 sends
     the server's certificate before asking for the client's).
     """
-    script = "import ssl,sys;print(ssl.get_server_certificate((sys.argv[1],int(sys.argv[2])),timeout=10))"
-    cmd = host.run("python3 -c %s %s %s", script, address, str(port))
-    assert cmd.rc == 0, f"no TLS answer on {address}:{port}: {cmd.stderr.strip().splitlines()[-1:] or cmd.rc}"
+    cmd = host.run(probe.node_command(probe.cert_args(address, port, 10)))
+    if cmd.rc != 0:
+        line = probe.failure(cmd.stderr).exception
+        # The last stderr line shown as a one-item list, as this message always has.
+        raise AssertionError(f"no TLS answer on {address}:{port}: {[line] if line else cmd.rc}")
     return str(cmd.stdout).encode()
