@@ -139,6 +139,11 @@ def artifacts_of(kind: str) -> tuple[Artifact, ...]:
     return tuple(a for a in ARTIFACTS if a.kind == kind)
 
 
+def binaries_of(component: str) -> tuple[str, ...]:
+    """The names of the binaries one pinned component (e.g. "kubernetes") provides."""
+    return tuple(a.name for a in artifacts_of("bin") if a.component == component)
+
+
 def files_for(role: str) -> tuple[Artifact, ...]:
     """The artifact-set files a node of this role installs."""
     return tuple(a for a in ARTIFACTS if role in a.roles)

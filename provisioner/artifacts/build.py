@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from provisioner import layout
 from provisioner.artifacts import gowrap, images, manifest
 from provisioner.artifacts.layout import ArtifactSet, expected_paths, expected_versions, image_names
 from provisioner.errors import ArtifactError, ToolMissing
@@ -333,7 +334,7 @@ def recipes(kubernetes: str) -> list[Recipe]:
     staging = gowrap.kubernetes_staging_version(kubernetes)
     kube_stamp = _kubernetes_stamp(kubernetes)
     kube_tags = ("selinux", "notest")
-    control = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
+    control = layout.binaries_of("kubernetes")
     wrapper = f"kubernetes-{kubernetes}"
     static = ("osusergo", "netgo")
     containerd_x = "github.com/containerd/containerd/v2/version"

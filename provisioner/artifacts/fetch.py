@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioner import layout
 from provisioner.artifacts import images, manifest
 from provisioner.artifacts.layout import ArtifactSet, expected_paths, expected_versions, image_names
 from provisioner.errors import ArtifactError
@@ -256,7 +257,7 @@ def units(kubernetes: str, bases: Bases) -> list[Unit]:
     pins = components(kubernetes)
     names = image_names(kubernetes)
     k8s = f"{bases.kubernetes}/{kubernetes}/bin/linux/amd64"
-    control = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
+    control = layout.binaries_of("kubernetes")
     gh = bases.github
     etcd_tar = f"etcd-{pins.etcd}-linux-amd64.tar.gz"
     containerd_tar = f"containerd-static-{pins.containerd.lstrip('v')}-linux-amd64.tar.gz"
