@@ -59,9 +59,16 @@ def box_dir(recipe: Recipe = RECIPE) -> Path:
 
 
 def cached(recipe: Recipe = RECIPE) -> Box | None:
-    """The box for this recipe if it was built before (a build that was interrupted leaves none)."""
+    """The box for this recipe if a build finished it: a build that was interrupted leaves no manifest, and
+    a box file whose size or recipe is not the one its manifest records is not what that build wrote."""
     box = Box(BOX_NAME, recipe.digest(), box_dir(recipe) / BOX_FILE)
-    return box if box.manifest.is_file() and box.path.is_file() else None
+    try:
+        manifest = json.loads(box.manifest.read_text())
+        size = box.path.stat().st_size
+    except (OSError, ValueError):
+        return None
+    recorded = (manifest.get("digest"), manifest.get("size_bytes")) if isinstance(manifest, dict) else None
+    return box if box.path.is_file() and recorded == (box.digest, size) else None
 
 
 def build(bus: EventBus, recipe: Recipe = RECIPE, mirror: str | None = None, force: bool = False) -> Box:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-import sys
 from pathlib import Path
 
+import localnode
 import pytest
-import yaml
 
-from provisioner import paths, runner
+from provisioner import runner
 from provisioner.errors import PlaybookError
 from provisioner.events import EventBus
 from provisioner.state import State
@@ -43,16 +42,8 @@ def test_certificates_are_copied_once_and_put_right_when_changed(tmp_path: Path)
         (pki / rel).parent.mkdir(parents=True, exist_ok=True)
         (pki / rel).write_text(text)
     (node / "pki").mkdir(parents=True)  # the prep role makes the directories on a node
-    state = State(tmp_path / "state").ensure()
-    host = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        "pki_dir": str(pki),
-        "certs_dir": str(node),
-    }
-    state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))
-    (state.root / "site.yml").write_text(PLAYBOOK)
-    (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
+    host = {"pki_dir": str(pki), "certs_dir": str(node)}
+    state = localnode.local_state(tmp_path / "state", localnode.one_host("node", **host), PLAYBOOK)
 
     def run() -> int:
         result = runner.run_playbook(state, EventBus(), playbook=state.root / "site.yml", strategy_name="linear")
@@ -106,18 +97,8 @@ def _diff_mode_run(tmp_path: Path, new_key: str, key_dest: str = "pki/node.key")
     (pki / "node.key").write_text(new_key)
     (node / "pki").mkdir(parents=True, exist_ok=True)
     public = secrets.token_hex(16)
-    state = State(tmp_path / "state").ensure()
-    host = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
-        "pki_dir": str(pki),
-        "certs_dir": str(node),
-        "public_marker": public,
-        "key_dest": key_dest,
-    }
-    state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))
-    (state.root / "site.yml").write_text(DIFF_PLAYBOOK)
-    (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
+    host = {"pki_dir": str(pki), "certs_dir": str(node), "public_marker": public, "key_dest": key_dest}
+    state = localnode.local_state(tmp_path / "state", localnode.one_host("node", **host), DIFF_PLAYBOOK)
     # The prefix puts the setting into Ansible's own environment, as an operator's shell once did.
     runner.run_playbook(
         state,

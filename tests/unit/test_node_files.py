@@ -7,7 +7,6 @@ import http.client
 import importlib.util
 import json
 import os
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -15,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import localnode
 import pytest
-import yaml
 
 from provisioner import paths, runner
 from provisioner.artifacts import serve
@@ -65,10 +64,7 @@ def server(tmp_path: Path) -> Iterator[str]:
 def _node(tmp_path: Path, artifacts_dir: Path, sums: dict[str, str]) -> State:
     """A one-host inventory: this machine as the node (files under tmp_path/node), running PLAYBOOK."""
     node = tmp_path / "node"
-    state = State(tmp_path / "state").ensure()
     host = {
-        "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable,
         "artifacts_dir": str(artifacts_dir),
         "artifact_checksums": sums,
         # What site.yml passes from layout.files: [artifact-set path, path on the node, mode].
@@ -80,10 +76,7 @@ def _node(tmp_path: Path, artifacts_dir: Path, sums: dict[str, str]) -> State:
         ],
         "node_files_sums_cache": str(node / "sums.json"),
     }
-    state.inventory_file.write_text(yaml.safe_dump({"all": {"hosts": {"node": host}}}))
-    (state.root / "site.yml").write_text(PLAYBOOK)
-    (state.root / "roles").symlink_to(paths.REPO_ROOT / "playbooks" / "roles")
-    return state
+    return localnode.local_state(tmp_path / "state", localnode.one_host("node", **host), PLAYBOOK)
 
 
 def _run(state: State, url: str | None) -> runner.RunResult:

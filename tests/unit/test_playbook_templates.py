@@ -1,8 +1,14 @@
-"""The roles' configuration templates, rendered for the default lab with its real group vars.
+"""The roles' configuration templates, rendered by real Ansible on this machine for the default lab.
 
 What a user would check in the files on the nodes: the sandbox image containerd pins is the one the
 artifact set imports, each worker's pod network uses its own subnet and routes to the others, the
 kubelet registers with its private address and only accepts authenticated callers.
+
+One run of the project's runner renders every template of every role that site.yml applies, on the
+hosts of the group site.yml applies it to, with the inventory and group vars `up` generates (only the
+connection is local). Each role's defaults are loaded by Ansible from the role itself: the play includes
+a stand-in for the role (tmp roles path) that holds the role's own defaults/ and templates/ and a
+tasks file that renders the templates into a tmp directory instead of onto the node.
 """
 
 from __future__ import annotations
@@ -12,18 +18,39 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import jinja2
+import localnode
 import pytest
 import yaml
-from ansible.plugins.filter.core import FilterModule as AnsibleCoreFilters
-from ansible.plugins.filter.mathstuff import FilterModule as AnsibleMathFilters
 
-from provisioner import inventory, paths, spec
+from provisioner import inventory, paths, runner, spec
 from provisioner.artifacts import image_names
+from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
-from provisioner.state import State
 
-ROLES = paths.REPO_ROOT / "playbooks" / "roles"
+PLAYBOOKS = paths.REPO_ROOT / "playbooks"
+ROLES = PLAYBOOKS / "roles"
+
+# The tasks file of each stand-in role: every template the role has, rendered into render_dir.
+RENDER_TASKS = """
+- name: Output directory
+  ansible.builtin.file:
+    path: "{{ render_dir }}"
+    state: directory
+    mode: "0755"
+
+- name: Render the role's templates
+  ansible.builtin.template:
+    src: "{{ item }}"
+    dest: "{{ render_dir }}/{{ item | regex_replace('[.]j2$', '') }}"
+    mode: "0644"
+  loop: "{{ render_templates }}"
+"""
+
+# Variables a role's tasks set for one template (coredns computes its upstreams from the master's
+# resolv.conf): rendered once per named variant, into <role>-<variant>.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "coredns": {"isolated": {"coredns_forward_to": []}, "online": {"coredns_forward_to": ["9.9.9.9"]}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,48 +58,67 @@ def cluster() -> spec.Cluster:
     return spec.load(paths.default_spec())
 
 
-def _context(cluster: spec.Cluster, host: str, tmp: Path) -> dict[str, Any]:
+def _render_playbook(roles: Path, out: Path) -> list[dict[str, Any]]:
+    """site.yml's plays and roles, each role replaced by its stand-in's render tasks."""
+    plays = []
+    for play in yaml.safe_load((PLAYBOOKS / "site.yml").read_text()):
+        tasks = []
+        for entry in play["roles"]:
+            role = entry["role"]
+            templates = sorted(p.name for p in (ROLES / role / "templates").glob("*.j2"))
+            if not templates:
+                continue
+            standin = roles / role
+            if not standin.exists():
+                (standin / "tasks").mkdir(parents=True)
+                (standin / "tasks" / "render.yml").write_text(RENDER_TASKS)
+                # what Ansible loads from a role besides its tasks; meta/ would pull in other roles' tasks
+                for part in ("defaults", "vars", "templates"):
+                    if (ROLES / role / part).is_dir():
+                        (standin / part).symlink_to(ROLES / role / part)
+            for variant, extra in VARIANTS.get(role, {"": {}}).items():
+                label = f"{role}-{variant}" if variant else role
+                tasks.append(
+                    {
+                        "name": f"Render {label}",
+                        "ansible.builtin.include_role": {"name": str(standin), "tasks_from": "render"},
+                        "vars": {
+                            **entry.get("vars", {}),
+                            **extra,
+                            "render_templates": templates,
+                            "render_dir": f"{out}/{{{{ inventory_hostname }}}}/{label}",
+                        },
+                    }
+                )
+        if tasks:
+            plays.append({"name": play["name"], "hosts": play["hosts"], "gather_facts": False, "tasks": tasks})
+    return plays
+
+
+@pytest.fixture(scope="module")
+def rendered(cluster: spec.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory holding <host>/<role>/<file> for every template site.yml renders on that host."""
+    tmp = tmp_path_factory.mktemp("templates")
     hosts = [
         HostConnection(n.name, n.role, str(n.address), str(n.address), 22, "root", Path("/k"))
         for n in cluster.spec.nodes
     ]
-    inv = inventory.inventory(cluster, hosts)
-    groups = {g: list(v["hosts"]) for g, v in inv["all"]["children"]["k8s_cluster"]["children"].items()}
-    ctx: dict[str, Any] = dict(inventory.group_vars(cluster, State(tmp), tmp / "artifacts"))
-    ctx.update(inventory.host_vars(cluster, next(h for h in hosts if h.name == host)))
-    ctx.update(groups=groups, inventory_hostname=host, ansible_managed="Ansible managed")
-    for defaults in sorted(ROLES.glob("*/defaults/main.yml")):
-        ctx.update(yaml.safe_load(defaults.read_text()) or {})
-    env = _with_ansible_filters(jinja2.Environment(undefined=jinja2.StrictUndefined))
-    # role defaults refer to group vars and to each other: resolve the plain string ones
-    for _ in range(3):
-        for key, value in list(ctx.items()):
-            if isinstance(value, str) and "{{" in value:
-                ctx[key] = env.from_string(value).render(ctx)
-    return ctx
+    out, roles = tmp / "out", tmp / "roles"
+    state = localnode.local_state(tmp / "state", inventory.inventory(cluster, hosts))
+    state.group_vars_file.write_text(yaml.safe_dump(inventory.group_vars(cluster, state, tmp / "artifacts")))
+    playbook = tmp / "render.yml"
+    playbook.write_text(yaml.safe_dump(_render_playbook(roles, out), sort_keys=False))
+    # The strategy `up` uses (mitogen when installed): a third of linear's time for these 33 files.
+    runner.run_playbook(state, EventBus(), playbook=playbook, name="render")
+    return out
 
 
-def _with_ansible_filters(env: jinja2.Environment) -> jinja2.Environment:
-    """The filters Ansible adds to Jinja (regex_replace, zip, ...), as the playbooks see them."""
-    # Jinja's own filters (default, ...) stay Jinja's: Ansible's versions expect its templar.
-    for plugins in (AnsibleCoreFilters(), AnsibleMathFilters()):
-        env.filters.update({k: f for k, f in plugins.filters().items() if k not in env.filters})
-    return env
+def render(rendered: Path, role: str, template: str, host: str) -> str:
+    return (rendered / host / role / template.removesuffix(".j2")).read_text()
 
 
-def render(cluster: spec.Cluster, role: str, template: str, host: str, tmp: Path, **extra: Any) -> str:
-    env = _with_ansible_filters(
-        jinja2.Environment(
-            loader=jinja2.FileSystemLoader(ROLES / role / "templates"),
-            undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True,
-        )
-    )
-    return env.get_template(template).render({**_context(cluster, host, tmp), **extra})
-
-
-def test_containerd_pins_the_imported_pause_image_and_systemd_cgroups(cluster: spec.Cluster, tmp_path: Path) -> None:
-    config = tomllib.loads(render(cluster, "containerd", "config.toml.j2", "worker-1", tmp_path))
+def test_containerd_pins_the_imported_pause_image_and_systemd_cgroups(cluster: spec.Cluster, rendered: Path) -> None:
+    config = tomllib.loads(render(rendered, "containerd", "config.toml.j2", "worker-1"))
     assert config["version"] == 3
     pinned = config["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
     assert pinned == image_names(cluster.spec.kubernetes.version)["pause"]
@@ -81,10 +127,8 @@ def test_containerd_pins_the_imported_pause_image_and_systemd_cgroups(cluster: s
 
 
 @pytest.mark.parametrize(("host", "subnet"), [("worker-1", "10.244.11.0/24"), ("worker-2", "10.244.12.0/24")])
-def test_each_worker_hands_out_pod_addresses_from_its_own_subnet(
-    cluster: spec.Cluster, tmp_path: Path, host: str, subnet: str
-) -> None:
-    conflist = json.loads(render(cluster, "containerd", "10-bridge.conflist.j2", host, tmp_path))
+def test_each_worker_hands_out_pod_addresses_from_its_own_subnet(rendered: Path, host: str, subnet: str) -> None:
+    conflist = json.loads(render(rendered, "containerd", "10-bridge.conflist.j2", host))
     bridge = conflist["plugins"][0]
     assert bridge["type"] == "bridge"
     assert bridge["ipam"]["ranges"] == [[{"subnet": subnet}]]
@@ -99,9 +143,9 @@ def test_each_worker_hands_out_pod_addresses_from_its_own_subnet(
     ],
 )
 def test_every_node_routes_to_the_other_nodes_pod_subnets(
-    cluster: spec.Cluster, tmp_path: Path, host: str, routes: set[str]
+    cluster: spec.Cluster, rendered: Path, host: str, routes: set[str]
 ) -> None:
-    unit = render(cluster, "prep", "pod-network.service.j2", host, tmp_path)
+    unit = render(rendered, "prep", "pod-network.service.j2", host)
     found = {line.split("route replace ", 1)[1] for line in unit.splitlines() if line.startswith("StandardInputText=")}
     assert routes <= found
     own = cluster.pod_cidrs[host]
@@ -112,13 +156,11 @@ def test_every_node_routes_to_the_other_nodes_pod_subnets(
     assert "ExecStart=/usr/sbin/ip -force -batch -" in unit
 
 
-def test_kubelet_registers_with_its_private_address_and_rejects_anonymous_callers(
-    cluster: spec.Cluster, tmp_path: Path
-) -> None:
-    unit = render(cluster, "kubelet", "kubelet.service.j2", "worker-2", tmp_path)
+def test_kubelet_registers_with_its_private_address_and_rejects_anonymous_callers(rendered: Path) -> None:
+    unit = render(rendered, "kubelet", "kubelet.service.j2", "worker-2")
     assert "--node-ip=192.168.56.12" in unit
     assert "--hostname-override=worker-2" in unit
-    config = yaml.safe_load(render(cluster, "kubelet", "config.yaml.j2", "worker-2", tmp_path))
+    config = yaml.safe_load(render(rendered, "kubelet", "config.yaml.j2", "worker-2"))
     assert config["authentication"]["anonymous"]["enabled"] is False
     assert config["authentication"]["webhook"]["enabled"] is True
     assert config["authorization"]["mode"] == "Webhook"
@@ -127,8 +169,8 @@ def test_kubelet_registers_with_its_private_address_and_rejects_anonymous_caller
     assert config["readOnlyPort"] == 0
 
 
-def test_apiserver_flags_lock_down_access(cluster: spec.Cluster, tmp_path: Path) -> None:
-    unit = render(cluster, "control_plane", "kube-apiserver.service.j2", "master", tmp_path)
+def test_apiserver_flags_lock_down_access(rendered: Path) -> None:
+    unit = render(rendered, "control_plane", "kube-apiserver.service.j2", "master")
     for flag in (
         "--anonymous-auth=false",
         "--authorization-mode=Node,RBAC",
@@ -138,32 +180,26 @@ def test_apiserver_flags_lock_down_access(cluster: spec.Cluster, tmp_path: Path)
     ):
         assert flag in unit
     for component in ("kube-controller-manager", "kube-scheduler"):
-        other = render(cluster, "control_plane", f"{component}.service.j2", "master", tmp_path)
+        other = render(rendered, "control_plane", f"{component}.service.j2", "master")
         assert "--bind-address=127.0.0.1" in other
 
 
-def test_etcd_serves_clients_on_loopback_only_with_client_certificates(cluster: spec.Cluster, tmp_path: Path) -> None:
-    unit = render(cluster, "etcd", "etcd.service.j2", "master", tmp_path)
+def test_etcd_serves_clients_on_loopback_only_with_client_certificates(rendered: Path) -> None:
+    unit = render(rendered, "etcd", "etcd.service.j2", "master")
     assert "--listen-client-urls=https://127.0.0.1:2379 " in unit
     assert "--client-cert-auth=true" in unit
     assert "--peer-client-cert-auth=true" in unit
 
 
 def test_coredns_serves_the_cluster_dns_ip_and_forwards_only_when_upstreams_exist(
-    cluster: spec.Cluster, tmp_path: Path
+    cluster: spec.Cluster, rendered: Path
 ) -> None:
-    isolated = list(
-        yaml.safe_load_all(render(cluster, "coredns", "coredns.yaml.j2", "master", tmp_path, coredns_forward_to=[]))
-    )
+    isolated = list(yaml.safe_load_all(render(rendered, "coredns-isolated", "coredns.yaml.j2", "master")))
     service = next(d for d in isolated if d["kind"] == "Service")
     assert service["spec"]["clusterIP"] == "10.96.0.10"
     corefile = next(d for d in isolated if d["kind"] == "ConfigMap")["data"]["Corefile"]
     assert "forward" not in corefile
-    online = list(
-        yaml.safe_load_all(
-            render(cluster, "coredns", "coredns.yaml.j2", "master", tmp_path, coredns_forward_to=["9.9.9.9"])
-        )
-    )
+    online = list(yaml.safe_load_all(render(rendered, "coredns-online", "coredns.yaml.j2", "master")))
     assert "forward . 9.9.9.9" in next(d for d in online if d["kind"] == "ConfigMap")["data"]["Corefile"]
     deployment = next(d for d in online if d["kind"] == "Deployment")
     assert (

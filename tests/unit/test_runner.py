@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 from pathlib import Path
 
+import localnode
 import pytest
-import yaml
 
 from provisioner import runner
 from provisioner.errors import PlaybookError
@@ -65,16 +64,7 @@ GATHER = """
 
 @pytest.fixture
 def local_state(tmp_path: Path) -> State:
-    state = State(tmp_path / "state").ensure()
-    inventory = {
-        "all": {
-            "hosts": {
-                "box": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-            }
-        }
-    }
-    state.inventory_file.write_text(yaml.safe_dump(inventory))
-    return state
+    return localnode.local_state(tmp_path / "state", localnode.one_host("box"))
 
 
 def _write(tmp_path: Path, text: str) -> Path:
