@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import re
+import reprlib
+import stat
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -144,26 +147,275 @@ def _offset(node: Node, subnet: ipaddress.IPv4Network) -> int:
     return int(node.address) - int(subnet.network_address)
 
 
-# --- loading and error reporting -------------------------------------------------------------------
+# --- reading the file ------------------------------------------------------------------------------
+
+
+MAX_SPEC_BYTES = 256 * 1024  # a spec is a few KiB (100 nodes are about 15 KiB); a larger file is not one
+MAX_DEPTH = 32  # nesting levels, aliases expanded; the deepest field, spec.nodes[0].ssh.key, is at level 6
+MAX_VALUES = 10_000  # values after alias expansion; a 100-node spec holds about 1,000
+
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def load(path: Path) -> Cluster:
     """Read, parse and validate a spec file. Raises SpecError listing every problem found."""
     where = str(path)
+    text = _decode(_read_bytes(path, where), where)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(where, [f"{where}: file not found; pass an existing spec with --spec"]) from None
-    except OSError as exc:
-        raise SpecError(where, [f"{where}: cannot read: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
+    except _Refused as exc:
+        raise SpecError(where, [f"{where}: {exc}"]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(where, [f"{where}: not valid YAML{at}: {problem}; fix the syntax"]) from None
+        raise SpecError(where, [f"{where}: {_yaml_problem(exc, text)}"]) from None
     return parse(data, where=where, base_dir=path.parent)
+
+
+def _read_bytes(path: Path, where: str) -> bytes:
+    """The file's bytes, read only when it is a regular file of a spec's size (never /dev/zero or a pipe)."""
+
+    def refuse(cause: str, fix: str = "pass the cluster spec file with --spec") -> SpecError:
+        return SpecError(where, [f"{where}: {cause}; {fix}"])
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise refuse("file not found", "pass an existing spec with --spec") from None
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror or exc}", "check the path and its permissions") from None
+    kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode))
+    if kind is not None:
+        raise refuse(f"is {kind}, not a spec file")
+    if info.st_size > MAX_SPEC_BYTES:
+        raise refuse(f"is {info.st_size} bytes, more than a spec's limit of {MAX_SPEC_BYTES}")
+    try:
+        # O_NONBLOCK: should the path turn into a pipe after the check, opening it must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise refuse("is not a regular file")
+            data = stream.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror or exc}", "check the file's permissions") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise refuse(f"is more than a spec's limit of {MAX_SPEC_BYTES} bytes")
+    return data
+
+
+def _decode(data: bytes, where: str) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError(where, [f"{where}: the file is UTF-16; save it as UTF-8"])
+    if b"\0" in data:
+        line, column = _line_column(data, data.index(b"\0"))
+        raise SpecError(
+            where,
+            [
+                f"{where}: a NUL byte at line {line}, column {column}: this is a binary file, not a YAML spec; "
+                "pass the cluster spec file with --spec"
+            ],
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _line_column(data, exc.start)
+        raise SpecError(
+            where,
+            [
+                f"{where}: byte 0x{data[exc.start]:02X} at line {line}, column {column} is not UTF-8; "
+                "save the file as UTF-8"
+            ],
+        ) from None
+
+
+def _line_column(data: bytes | str, offset: int) -> tuple[int, int]:
+    head = data[:offset]
+    text = head.decode("latin-1") if isinstance(head, bytes) else head  # latin-1: one character per byte
+    return text.count("\n") + 1, offset - (text.rfind("\n") + 1) + 1
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line for a YAML syntax error (PyYAML's own text spans several)."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line, column = _line_column(text, exc.position)
+        return (
+            f"character U+{exc.character:04X} at line {line}, column {column} is not allowed in YAML; "
+            "remove it (a spec is plain text)"
+        )
+    mark = getattr(exc, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = str(getattr(exc, "problem", None) or exc)
+    context = getattr(exc, "context", None)
+    if context and not context.startswith("while"):  # "expected a single document", not "while scanning"
+        problem = f"{context}, {problem}"
+    problem = " ".join(problem.split())[:200]
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        return f"not valid YAML{at}: {problem}; remove the tag, a spec holds plain values"
+    return f"not valid YAML{at}: {problem}; fix the syntax"
+
+
+class _Refused(Exception):
+    """A YAML document the reader will not build; the text is the one line that says where and why."""
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_TAG_KINDS = {
+    "tag:yaml.org,2002:bool": "true/false",
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:timestamp": "a date",
+}
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with bounds: nesting depth and values with aliases expanded (so a billion
+    laughs stops at the first few thousand), no duplicate or non-text keys, no exception but YAMLError.
+
+    PyYAML's composer recurses once per nesting level, and anything that walks the result (validation,
+    the error report) pays for every alias again, so both are counted while composing.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._keys: list[str | int] = []  # the path of the node being composed
+        self._depth = 0
+        self._deepest = 0
+        self._values = 0
+        self._aliased = 0  # of those, values repeated by aliases
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(node): (levels, values), aliases expanded
+        self._paths: dict[int, tuple[str | int, ...]] = {}
+
+    def _refuse(self, mark: yaml.Mark, cause: str, fix: str, keys: tuple[str | int, ...] | None = None) -> _Refused:
+        where = _path(tuple(self._keys) if keys is None else keys)
+        return _Refused(f"{where} (line {mark.line + 1}): {cause}; {fix}")
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # a mapping's value comes with its key node as `index`, a sequence's item with its position
+        pushed = isinstance(index, yaml.ScalarNode | int)
+        if pushed:
+            self._keys.append(index.value if isinstance(index, yaml.ScalarNode) else index)
+        try:
+            if self.check_event(yaml.AliasEvent):
+                return self._compose_alias(parent, index)
+            return self._compose_new(parent, index)
+        finally:
+            if pushed:
+                self._keys.pop()
+
+    def _next_mark(self) -> yaml.Mark:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
+        mark: yaml.Mark = event.start_mark
+        return mark
+
+    def _count(self, values: int, mark: yaml.Mark) -> None:
+        self._values += values
+        if self._values <= MAX_VALUES:
+            return
+        if self._aliased:
+            raise self._refuse(
+                mark,
+                f"the document expands to more than {MAX_VALUES} values: its aliases repeat whole "
+                "subtrees, as in a 'billion laughs' file",
+                "write the values out instead of nesting aliases",
+            )
+        raise self._refuse(
+            mark,
+            f"the document holds more than {MAX_VALUES} values, far more than a spec (about 1,000 for 100 nodes)",
+            "pass the cluster spec file, not another YAML file",
+        )
+
+    def _check_depth(self, deepest: int, mark: yaml.Mark) -> None:
+        if deepest > MAX_DEPTH:
+            raise self._refuse(
+                mark,
+                f"nested more than {MAX_DEPTH} levels deep (a spec needs 6)",
+                "remove the extra nesting",
+            )
+
+    def _compose_alias(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        mark = self._next_mark()
+        node = super().compose_node(parent, index)  # the anchored node; an unknown alias raises ComposerError
+        size = self._sizes.get(id(node))
+        if size is None:
+            raise self._refuse(
+                mark, "this alias points into the value that holds it, a loop", "write the value out instead"
+            )
+        levels, values = size
+        self._check_depth(self._depth + levels, mark)
+        self._deepest = max(self._deepest, self._depth + levels)
+        self._aliased += values
+        self._count(values, mark)
+        return node
+
+    def _compose_new(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        mark = self._next_mark()
+        self._depth += 1
+        self._check_depth(self._depth, mark)
+        before, outer_deepest = self._values, self._deepest
+        self._deepest = self._depth
+        self._count(1, mark)
+        node = super().compose_node(parent, index)
+        assert node is not None  # compose_node returns None only past the end of the stream
+        self._sizes[id(node)] = (self._deepest - self._depth + 1, self._values - before)
+        self._paths[id(node)] = tuple(self._keys)
+        self._deepest = max(outer_deepest, self._deepest)
+        self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            self._check_keys(node)
+        return node
+
+    def _check_keys(self, node: yaml.MappingNode) -> None:
+        """Refuse what PyYAML accepts silently: a repeated key (the last one wins) and keys that are not text."""
+        first: dict[str, yaml.Node] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                kind = "a list" if isinstance(key, yaml.SequenceNode) else "a mapping"
+                raise self._refuse(key.start_mark, f"{kind} is used as a key", "keys are field names")
+            if key.tag not in (_STR_TAG, _MERGE_TAG):
+                kind = _TAG_KINDS.get(key.tag, f"a value tagged {key.tag}")
+                raise self._refuse(
+                    key.start_mark,
+                    f"the key {_show(key.value)} is read as {kind}, not a field name",
+                    "use the field's name (quote it if it is meant as text)",
+                )
+            if key.value in first:
+                raise self._refuse(
+                    key.start_mark,
+                    f"duplicate key {_show(key.value)} at line {key.start_mark.line + 1}, first at line "
+                    f"{first[key.value].start_mark.line + 1}; YAML would keep only the last one",
+                    "remove one of them or merge them",
+                    keys=(*self._keys, key.value),
+                )
+            first[key.value] = key
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # int("9" * 5000), a 13th month: PyYAML lets these through
+            number = node.tag == "tag:yaml.org,2002:int"
+            raise self._refuse(
+                node.start_mark,
+                f"{_show(node.value)} " + ("has too many digits" if number else f"cannot be read ({exc})"),
+                "write a number of the field's size" if number else "write a plain value, in quotes if it is text",
+                keys=self._paths.get(id(node), ()),
+            ) from None
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+# --- validating the data ---------------------------------------------------------------------------
 
 
 def parse(data: Any, where: str = "<spec>", base_dir: Path | None = None) -> Cluster:
@@ -193,15 +445,42 @@ def _absolute_keys(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for node in data["spec"]["nodes"]:
         ssh = node.get("ssh") if isinstance(node, dict) else None
         if isinstance(ssh, dict) and isinstance(ssh.get("key"), str):
-            key = Path(ssh["key"]).expanduser()
-            ssh["key"] = str(key if key.is_absolute() else (base_dir / key).resolve())
+            ssh["key"] = _absolute_key(ssh["key"], base_dir)
     return data
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
+def _absolute_key(key: str, base_dir: Path) -> str:
+    try:
+        path = Path(key).expanduser()
+        return str(path if path.is_absolute() else (base_dir / path).resolve())
+    except (RuntimeError, ValueError, OSError):  # '~nosuchuser/key', a NUL byte: the key check reports it
+        return key
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxdict, _SHOW.maxlist, _SHOW.maxstring, _SHOW.maxlong, _SHOW.maxother = 2, 4, 4, 80, 40, 80
+
+
+def _show(value: Any) -> str:
+    """A value for an error line, cut short and escaped, so a line stays one short line whatever the input."""
+    try:
+        return _SHOW.repr(value)
+    except ValueError:  # an integer too long to print in decimal
+        return f"<an integer of {value.bit_length()} bits>"
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    if len(loc) > 12:  # a path that deep is a hostile file's; its ends say enough
+        return f"{_path(loc[:6])}...{_path(loc[-3:])}"
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:  # a key with spaces, newlines or escape codes is shown quoted, never raw
+            out += f"[{_show(part)}]"
     return out or "(document)"
 
 
@@ -259,30 +538,31 @@ def _pydantic_problems(exc: ValidationError) -> Iterator[str]:
         path = _clean_path(loc)
         if kind == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
-            yield f"{path}: unknown key {loc[-1]!r}; allowed keys here: {allowed}"
+            yield f"{path}: unknown key {_show(loc[-1])}; allowed keys here: {allowed}"
         elif kind == "missing":
             yield f"{path}: required field is missing; add it"
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
-            yield f"{path}: {value!r} is not allowed; expected one of {expected}"
+            yield f"{path}: {_show(value)} is not allowed; expected one of {expected}"
         elif kind == "union_tag_invalid":
             expected = err.get("ctx", {}).get("expected_tags", "")
-            yield f"{path}: type {err.get('ctx', {}).get('tag')!r} is not a known provider; expected {expected}"
+            yield f"{path}: type {_show(err.get('ctx', {}).get('tag'))} is not a known provider; expected {expected}"
         elif kind == "union_tag_not_found":
             yield f"{path}: required field 'type' is missing; set type to 'vagrant' or 'static'"
         elif kind == "string_pattern_mismatch":
             yield (
-                f"{path}: {value!r} is not a valid name; use lowercase letters, digits and '-', "
+                f"{path}: {_show(value)} is not a valid name; use lowercase letters, digits and '-', "
                 "starting and ending with a letter or digit (at most 63 characters)"
             )
         elif kind == "ip_v4_network":
             yield (
-                f"{path}: {value!r} is not an IPv4 network; use CIDR form with no host bits set, such as 10.244.0.0/16"
+                f"{path}: {_show(value)} is not an IPv4 network; "
+                "use CIDR form with no host bits set, such as 10.244.0.0/16"
             )
         elif kind == "ip_v4_address":
-            yield f"{path}: {value!r} is not an IPv4 address; use dotted form such as 192.168.56.11"
+            yield f"{path}: {_show(value)} is not an IPv4 address; use dotted form such as 192.168.56.11"
         else:
-            yield f"{path}: {value!r} is invalid: {err['msg'][0].lower()}{err['msg'][1:]}"
+            yield f"{path}: {_show(value)} is invalid: {err['msg'][0].lower()}{err['msg'][1:]}"
 
 
 def _clean_path(loc: tuple[int | str, ...]) -> str:
@@ -304,11 +584,13 @@ def semantic_problems(cluster: Cluster, base_dir: Path | None = None) -> list[st
     version = spec.kubernetes.version
     if not VERSION_PATTERN.match(version):
         problems.append(
-            f"spec.kubernetes.version: {version!r} is not of the form vMAJOR.MINOR.PATCH; "
+            f"spec.kubernetes.version: {_show(version)} is not of the form vMAJOR.MINOR.PATCH; "
             f"use one of {', '.join(SUPPORTED)}"
         )
     elif version not in SUPPORTED:
-        problems.append(f"spec.kubernetes.version: {version!r} is not supported; use one of {', '.join(SUPPORTED)}")
+        problems.append(
+            f"spec.kubernetes.version: {_show(version)} is not supported; use one of {', '.join(SUPPORTED)}"
+        )
 
     for role in ("master", "worker"):
         if not any(n.role == role for n in spec.nodes):
@@ -380,7 +662,7 @@ def semantic_problems(cluster: Cluster, base_dir: Path | None = None) -> list[st
         )
     if spec.artifacts.mirror and not re.match(r"^(https?|file)://", spec.artifacts.mirror):
         problems.append(
-            f"spec.artifacts.mirror: {spec.artifacts.mirror!r} is not a URL; use http://, https:// or file://"
+            f"spec.artifacts.mirror: {_show(spec.artifacts.mirror)} is not a URL; use http://, https:// or file://"
         )
     return problems
 
@@ -391,9 +673,9 @@ def _static_ssh_problems(where: str, node: Node, base_dir: Path | None) -> list[
             f"{where}.ssh.key: required for a static host; give the path of the SSH private key "
             f"that logs in to {node.name}"
         ]
-    key = node.ssh.key if node.ssh.key.is_absolute() or base_dir is None else base_dir / node.ssh.key
-    if not key.expanduser().is_file():
-        return [f"{where}.ssh.key: {str(node.ssh.key)!r} is not a file; give an existing private key path"]
+    key = Path(_absolute_key(str(node.ssh.key), base_dir or Path.cwd()))
+    if not key.is_file():
+        return [f"{where}.ssh.key: {_show(str(node.ssh.key))} is not a file; give an existing private key path"]
     return []
 
 

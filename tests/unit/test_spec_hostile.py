@@ -1,0 +1,214 @@
+"""Hostile specs: each is refused with one line that names the field, the value and the fix, within 2 s.
+
+Files that could hang or exhaust memory if a bound regressed (alias bombs, /dev/zero, a pipe) run
+`provisioner validate` in a subprocess with a timeout, so a regression fails a test instead of the suite.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from provisioner import paths, spec
+from provisioner.cli import app
+from provisioner.errors import SpecError
+
+BUDGET = 2.0  # seconds from start to the error line, for the reader and for the whole CLI
+HANG_GUARD = 20.0  # a subprocess still running after this is a hang; the budget check reports it as slow
+DEFAULT_TEXT = paths.default_spec().read_text()
+DEFAULT = yaml.safe_load(DEFAULT_TEXT)
+
+Writer = Callable[[Path], Path]  # makes the hostile spec inside the folder it is given, returns its path
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    write: Writer
+    field: str  # the field path (or the file's position) the error line names
+    fix: str  # a fragment of what the line tells the user to do
+    hangs: bool = False  # run the CLI in a subprocess with a timeout: a regression could hang or eat memory
+
+
+def text(content: str | bytes, name: str = "cluster.yaml") -> Writer:
+    def write(folder: Path) -> Path:
+        path = folder / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        return path
+
+    return write
+
+
+def existing(path: str) -> Writer:
+    return lambda _folder: Path(path)
+
+
+def billion_laughs() -> str:
+    lines = ["laughs:", '  a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        lines.append(f"  {level}: &{level} [{', '.join([f'*{previous}'] * 9)}]")
+    return "\n".join(lines) + "\n" + DEFAULT_TEXT  # 9**9 strings, each level nine aliases of the one before
+
+
+def named_pipe(folder: Path) -> Path:
+    path = folder / "cluster.yaml"
+    os.mkfifo(path)
+    return path
+
+
+READER: list[Case] = [
+    Case("alias-bomb", text(billion_laughs()), "laughs.e[0] (line 6)", "write the values out", hangs=True),
+    Case("deep-nesting", text("spec: " + "[" * 1000 + "]" * 1000 + "\n"), "spec[0][0]", "remove the extra nesting"),
+    Case(
+        "deep-mapping",
+        text("spec: " + "{a: " * 1000 + "1" + "}" * 1000 + "\n"),
+        "spec.a.a.a",
+        "remove the extra nesting",
+    ),
+    Case("alias-loop", text("spec: &s [*s]\n"), "spec[0] (line 1)", "write the value out"),
+    Case("too-large", text("# padding\n" * 30_000), "is 300000 bytes", "pass the cluster spec file"),
+    Case("dev-zero", existing("/dev/zero"), "/dev/zero: is a character device", "pass the cluster spec", hangs=True),
+    Case("named-pipe", named_pipe, "is a named pipe", "pass the cluster spec file", hangs=True),
+    Case("directory", lambda folder: folder, "is a directory", "pass the cluster spec file"),
+    Case(
+        "latin-1-byte",
+        text(DEFAULT_TEXT.replace("name: lab", "name: l\xe4b").encode("latin-1")),
+        "byte 0xE4 at line 6, column 10",
+        "save the file as UTF-8",
+    ),
+    Case("binary-file", text(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 8), "a NUL byte", "not a YAML spec"),
+    Case("utf-16", text(DEFAULT_TEXT.encode("utf-16")), "is UTF-16", "save it as UTF-8"),
+    Case(
+        "control-character",
+        text(DEFAULT_TEXT.replace("name: lab", "name: l\x1b[2Jab")),
+        "character U+001B at line 6, column 10",
+        "remove it",
+    ),
+    Case(
+        "duplicate-nodes",
+        text(DEFAULT_TEXT + "  nodes:\n    - {name: solo, role: master, address: 192.168.56.20}\n"),
+        "spec.nodes (line 40): duplicate key 'nodes' at line 40, first at line 24",
+        "remove one of them",
+    ),
+    Case(
+        "duplicate-address",
+        text(DEFAULT_TEXT.replace("address: 192.168.56.11\n", "address: 192.168.56.11\n      address: 10.0.0.1\n")),
+        "spec.nodes[1].address (line 33): duplicate key 'address' at line 33, first at line 32",
+        "remove one of them",
+    ),
+    Case(
+        "key-read-as-boolean",
+        text(DEFAULT_TEXT.replace("  kubernetes:", "  on: x\n  kubernetes:")),
+        "spec (line 8): the key 'on' is read as true/false",
+        "use the field's name",
+    ),
+    Case(
+        "number-too-long",
+        text(DEFAULT_TEXT.replace("cpus: 2 ", "cpus: " + "9" * 5000 + " ")),
+        "spec.nodes[0].cpus (line 28)",
+        "write a number of the field's size",
+    ),
+    Case(
+        "impossible-date",
+        text(DEFAULT_TEXT.replace("version: v1.37.2", "version: 2024-13-01")),
+        "spec.kubernetes.version (line 9): '2024-13-01' cannot be read (month must be in 1..12)",
+        "in quotes if it is text",
+    ),
+    Case(
+        "python-tag",
+        text(DEFAULT_TEXT.replace("name: lab", "name: !!python/object/apply:os.system [id]")),
+        "not valid YAML at line 6, column 9",
+        "remove the tag",
+    ),
+]
+
+CASES = READER
+
+
+def _check_line(line: str, case: Case) -> None:
+    assert case.field in line, f"the line does not name {case.field!r}: {line}"
+    assert case.fix in line, f"the line does not say {case.fix!r}: {line}"
+    assert len(line) < 400 and "\n" not in line, line
+
+
+def _in_process(case: Case) -> bool:
+    return not case.hangs
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if _in_process(c)], ids=lambda c: c.id)
+def test_load_refuses_with_field_and_fix(case: Case, tmp_path: Path) -> None:
+    path = case.write(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        spec.load(path)
+    elapsed = time.monotonic() - started
+    assert elapsed < BUDGET, f"took {elapsed:.1f}s"
+    assert len(info.value.problems) == 1, info.value.problems
+    _check_line(info.value.problems[0], case)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if _in_process(c)], ids=lambda c: c.id)
+def test_cli_validate_prints_the_line_and_exits_2(case: Case, tmp_path: Path) -> None:
+    path = case.write(tmp_path)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["validate", "--spec", str(path)])
+    elapsed = time.monotonic() - started
+    assert elapsed < BUDGET, f"took {elapsed:.1f}s"
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    _check_line(lines[0], case)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.hangs], ids=lambda c: c.id)
+def test_cli_validate_never_hangs(case: Case, tmp_path: Path) -> None:
+    path = case.write(tmp_path)
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "provisioner", "validate", "--spec", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`provisioner validate` still ran after {HANG_GUARD:.0f}s")
+    elapsed = time.monotonic() - started
+    assert elapsed < BUDGET, f"took {elapsed:.1f}s"
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    _check_line(lines[0], case)
+
+
+def test_the_default_spec_still_validates() -> None:
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["validate"])
+    assert time.monotonic() - started < BUDGET
+    assert result.exit_code == 0, result.output
+    assert "cluster 'lab', 1 master(s), 2 worker(s)" in result.stdout
+    spec.load(paths.default_spec())
+
+
+def mutated(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    data = copy.deepcopy(DEFAULT)
+    change(data)
+    return data
