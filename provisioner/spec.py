@@ -7,6 +7,8 @@ Validation reports one line per problem, each naming the field path, the bad val
 from __future__ import annotations
 
 import copy
+import datetime
+import difflib
 import ipaddress
 import os
 import re
@@ -18,8 +20,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from provisioner.errors import SpecError
 from provisioner.versions import DEFAULT_KUBERNETES, SUPPORTED
@@ -27,15 +31,45 @@ from provisioner.versions import DEFAULT_KUBERNETES, SUPPORTED
 API_VERSION = "provisioner.dev/v1alpha1"
 KIND = "Cluster"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+PATTERN_HELP = {
+    NAME_PATTERN: "is not a valid name; use lowercase letters, digits and '-', "
+    "starting and ending with a letter or digit (at most 63 characters)",
+}
 VERSION_PATTERN = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
 
 
 class Model(BaseModel):
-    """Base for every spec section: unknown keys are errors, YAML keys are camelCase."""
+    """Base for every spec section: unknown keys are errors, YAML keys are camelCase and nothing else
+    (no snake_case twin), and values are not converted (`cpus: true` is not 1, `"2"` is not 2)."""
 
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, strict=False
-    )
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True, strict=True)
+
+
+def _written_as_text(what: str, fix: str) -> BeforeValidator:
+    """Addresses and paths are parsed from text only: pydantic would take the number 3232235786 as 192.168.56.10."""
+
+    def check(value: object) -> object:
+        if isinstance(value, str):
+            return value
+        raise PydanticCustomError(
+            "text_expected", "{kind}, not {what}", {"kind": _kind(value), "what": what, "fix": fix}
+        )
+
+    return BeforeValidator(check)
+
+
+# Strict(False): strict mode takes only instances of these classes; the text is parsed after the check above
+Address = Annotated[
+    ipaddress.IPv4Address,
+    Strict(False),
+    _written_as_text("an IPv4 address", "write it in dotted form such as 192.168.56.11"),
+]
+Subnet = Annotated[
+    ipaddress.IPv4Network,
+    Strict(False),
+    _written_as_text("an IPv4 network", "write it in CIDR form such as 10.244.0.0/16"),
+]
+FilePath = Annotated[Path, Strict(False), _written_as_text("a path", "write the path as text")]
 
 
 class Metadata(Model):
@@ -47,10 +81,10 @@ class KubernetesSpec(Model):
 
 
 class NetworkSpec(Model):
-    node_subnet: ipaddress.IPv4Network = Field(description="network the nodes' addresses live in")
-    pod_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.244.0.0/16")
+    node_subnet: Subnet = Field(description="network the nodes' addresses live in")
+    pod_subnet: Subnet = ipaddress.IPv4Network("10.244.0.0/16")
     pod_subnet_per_node_prefix: Annotated[int, Field(ge=16, le=28)] = 24
-    service_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.96.0.0/12")
+    service_subnet: Subnet = ipaddress.IPv4Network("10.96.0.0/12")
     proxy_mode: Literal["iptables", "nftables"] = "iptables"
 
     @property
@@ -65,19 +99,19 @@ class NetworkSpec(Model):
 class ArtifactsSpec(Model):
     source: Literal["auto", "release", "mirror", "build"] = "auto"
     mirror: str | None = Field(default=None, description="base URL laid out like the official release URLs")
-    cache_dir: Path | None = None
+    cache_dir: FilePath | None = None
 
 
 class SSHSpec(Model):
     user: Annotated[str, Field(min_length=1)] = "root"
-    key: Path | None = None
+    key: FilePath | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 22
 
 
 class Node(Model):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     role: Literal["master", "worker"]
-    address: ipaddress.IPv4Address | None = None
+    address: Address | None = None
     cpus: Annotated[int, Field(ge=1, le=64)] = 2
     memory: Annotated[int, Field(ge=512, le=262144, description="MiB")] = 2048
     ssh: SSHSpec | None = None
@@ -484,8 +518,8 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out or "(document)"
 
 
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    """The keys a mapping at `loc` accepts, found by walking the models along the path."""
+def _model_at(loc: tuple[int | str, ...]) -> Any:
+    """The model (or union) holding the mapping at `loc`, found by walking the models along the path."""
     model: Any = Cluster
     for part in loc:
         if isinstance(part, int):
@@ -495,14 +529,56 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
             # a discriminated union's tag (e.g. "vagrant") sits in the location; pick that member
             model = _union_member(model, str(part))
             if model is None:
-                return []
+                return None
             continue
-        field = next((f for name, f in fields.items() if (f.alias or name) == part), None)
+        field = _field_named(model, part)
         if field is None:
-            return []
+            return None
         model = _unwrap(field.annotation)
-    fields = getattr(model, "model_fields", {})
-    return sorted(f.alias or name for name, f in fields.items())
+    return model
+
+
+def _field_named(model: Any, key: str) -> FieldInfo | None:
+    fields: dict[str, FieldInfo] = getattr(model, "model_fields", {})
+    return next((f for name, f in fields.items() if (f.alias or name) == key), None)
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model = _model_at(loc)
+    members = get_args(model) if get_origin(model) is Union else (model,)  # the provider: any member's keys
+    return sorted({f.alias or name for m in members for name, f in getattr(m, "model_fields", {}).items()})
+
+
+def _example(loc: tuple[int | str, ...]) -> str:
+    """' such as <the field's default>', or nothing when the field has none."""
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    field = _field_named(_model_at(loc[:-1]), loc[-1])
+    default = getattr(field, "default", None)
+    return f" such as {default}" if isinstance(default, int | str) and not isinstance(default, bool) else ""
+
+
+def _kind(value: object) -> str:
+    """What YAML made of a value, in the words of the one who wrote it."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "empty"
+    if isinstance(value, bytes):
+        return "binary data"
+    if isinstance(value, datetime.date):
+        return "a date"
+    return f"a {type(value).__name__}"
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -531,29 +607,36 @@ def _union_member(annotation: Any, tag: str) -> Any:
 
 
 def _pydantic_problems(exc: ValidationError) -> Iterator[str]:
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    # `node_subnet:` is reported once, as the unknown twin of nodeSubnet, not again as nodeSubnet missing
+    twins = {
+        (*err["loc"][:-1], to_camel(err["loc"][-1]))
+        for err in errors
+        if err["type"] == "extra_forbidden" and isinstance(err["loc"][-1], str) and "_" in err["loc"][-1]
+    }
+    for err in errors:
         loc = tuple(err["loc"])
         kind = err["type"]
+        if kind == "missing" and loc in twins:
+            continue
         value = err.get("input")
+        ctx = err.get("ctx", {})
         path = _clean_path(loc)
+        written = f"{_show(value)} is {_kind(value)}"
         if kind == "extra_forbidden":
-            allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
-            yield f"{path}: unknown key {_show(loc[-1])}; allowed keys here: {allowed}"
+            yield f"{path}: {_unknown_key(loc)}"
         elif kind == "missing":
             yield f"{path}: required field is missing; add it"
         elif kind == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            yield f"{path}: {_show(value)} is not allowed; expected one of {expected}"
+            yield f"{path}: {_show(value)} is not allowed; expected one of {ctx.get('expected', '')}"
         elif kind == "union_tag_invalid":
-            expected = err.get("ctx", {}).get("expected_tags", "")
-            yield f"{path}: type {_show(err.get('ctx', {}).get('tag'))} is not a known provider; expected {expected}"
+            expected = ctx.get("expected_tags", "")
+            yield f"{path}: type {_show(ctx.get('tag'))} is not a known provider; expected {expected}"
         elif kind == "union_tag_not_found":
             yield f"{path}: required field 'type' is missing; set type to 'vagrant' or 'static'"
         elif kind == "string_pattern_mismatch":
-            yield (
-                f"{path}: {_show(value)} is not a valid name; use lowercase letters, digits and '-', "
-                "starting and ending with a letter or digit (at most 63 characters)"
-            )
+            help_text = PATTERN_HELP.get(ctx.get("pattern", ""), f"does not match {_show(ctx.get('pattern'))}")
+            yield f"{path}: {_show(value)} {help_text}"
         elif kind == "ip_v4_network":
             yield (
                 f"{path}: {_show(value)} is not an IPv4 network; "
@@ -561,8 +644,35 @@ def _pydantic_problems(exc: ValidationError) -> Iterator[str]:
             )
         elif kind == "ip_v4_address":
             yield f"{path}: {_show(value)} is not an IPv4 address; use dotted form such as 192.168.56.11"
+        elif kind == "text_expected":
+            yield f"{path}: {_show(value)} is {ctx['kind']}, not {ctx['what']}; {ctx['fix']}"
+        elif kind == "int_type":
+            yield f"{path}: {written}, not a whole number; write a number without quotes{_example(loc)}"
+        elif kind == "string_type":
+            yield f"{path}: {written}, not text; write text{_example(loc)}, in quotes if YAML reads it otherwise"
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            keys = ", ".join(_allowed_keys(loc)) or "none"
+            yield f"{path}: {written}, not a mapping; write its fields as key: value lines (allowed keys: {keys})"
+        elif kind == "list_type":
+            yield f"{path}: {written}, not a list; write one '- ' item per entry"
+        elif kind == "too_short":
+            yield f"{path}: {written} with {ctx.get('actual_length')} items; give at least {ctx.get('min_length')}"
+        elif kind == "greater_than_equal":
+            yield f"{path}: {_show(value)} is too small; use at least {ctx.get('ge')}"
+        elif kind == "less_than_equal":
+            yield f"{path}: {_show(value)} is too large; use at most {ctx.get('le')}"
         else:
             yield f"{path}: {_show(value)} is invalid: {err['msg'][0].lower()}{err['msg'][1:]}"
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    key, allowed = loc[-1], _allowed_keys(loc[:-1])
+    hint = ""
+    if isinstance(key, str) and "_" in key and to_camel(key) in allowed:
+        hint = f"write it as {to_camel(key)!r} (spec keys are camelCase only); "
+    elif isinstance(key, str) and (close := difflib.get_close_matches(key, allowed, n=1)):
+        hint = f"did you mean {close[0]!r}? "
+    return f"unknown key {_show(key)}; {hint}allowed keys here: {', '.join(allowed) or 'none'}"
 
 
 def _clean_path(loc: tuple[int | str, ...]) -> str:

@@ -90,7 +90,12 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
     # (id, change, field path expected in the message, a fragment of the explanation)
     ("unknown-key", _set("spec.contol_plane", 1), "spec.contol_plane", "unknown key 'contol_plane'"),
     ("unknown-node-key", _set("spec.nodes.0.adress", "x"), "spec.nodes[0].adress", "allowed keys here"),
-    ("unknown-provider-key", _set("spec.provider.boxx", "y"), "spec.provider.boxx", "box"),
+    (
+        "unknown-provider-key",
+        _set("spec.provider.boxx", "y"),
+        "spec.provider.boxx",
+        "allowed keys here: accelerator, backend, box, isolation, type",
+    ),
     ("wrong-type-cpus", _set("spec.nodes.1.cpus", "two"), "spec.nodes[1].cpus", "'two'"),
     ("wrong-type-nodes", _set("spec.nodes", {"master": 1}), "spec.nodes", "list"),
     ("missing-role", _delete("spec.nodes.1.role"), "spec.nodes[1].role", "required field is missing"),

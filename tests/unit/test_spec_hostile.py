@@ -53,6 +53,43 @@ def text(content: str | bytes, name: str = "cluster.yaml") -> Writer:
     return write
 
 
+def spec_with(change: Callable[[dict[str, Any]], None]) -> Writer:
+    """The default spec with one change, written as YAML."""
+
+    def write(folder: Path) -> Path:
+        data = copy.deepcopy(DEFAULT)
+        change(data)
+        path = folder / "cluster.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+def setting(dotted: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Set spec.nodes.0.cpus-style paths (digits index lists)."""
+
+    def change(data: dict[str, Any]) -> None:
+        *parents, last = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[int(last) if last.isdigit() else last] = value
+
+    return change
+
+
+def renamed(dotted: str, new: str) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        *parents, last = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[new] = node.pop(last)
+
+    return change
+
+
 def existing(path: str) -> Writer:
     return lambda _folder: Path(path)
 
@@ -137,7 +174,52 @@ READER: list[Case] = [
     ),
 ]
 
-CASES = READER
+TYPES: list[Case] = [
+    Case(
+        "snake-case-alias",
+        spec_with(renamed("spec.network.nodeSubnet", "node_subnet")),
+        "spec.network.node_subnet: unknown key 'node_subnet'",
+        "write it as 'nodeSubnet' (spec keys are camelCase only)",
+    ),
+    Case(
+        "snake-case-optional",
+        spec_with(renamed("spec.network.podSubnetPerNodePrefix", "pod_subnet_per_node_prefix")),
+        "spec.network.pod_subnet_per_node_prefix: unknown key",
+        "write it as 'podSubnetPerNodePrefix'",
+    ),
+    Case(
+        "boolean-as-number",
+        spec_with(setting("spec.nodes.0.cpus", True)),
+        "spec.nodes[0].cpus: True is true/false, not a whole number",
+        "write a number without quotes such as 2",
+    ),
+    Case(
+        "text-as-number",
+        spec_with(setting("spec.nodes.1.memory", "2048")),
+        "spec.nodes[1].memory: '2048' is text, not a whole number",
+        "write a number without quotes such as 2048",
+    ),
+    Case(
+        "integer-as-address",
+        spec_with(setting("spec.nodes.0.address", 3232250890)),
+        "spec.nodes[0].address: 3232250890 is a number, not an IPv4 address",
+        "write it in dotted form",
+    ),
+    Case(
+        "integer-as-subnet",
+        spec_with(setting("spec.network.serviceSubnet", 174063616)),
+        "spec.network.serviceSubnet: 174063616 is a number, not an IPv4 network",
+        "write it in CIDR form",
+    ),
+    Case(
+        "number-as-version",
+        text(DEFAULT_TEXT.replace("version: v1.37.2", "version: 1.37")),
+        "spec.kubernetes.version: 1.37 is a decimal number, not text",
+        "write text such as v1.37.2",
+    ),
+]
+
+CASES = READER + TYPES
 
 
 def _check_line(line: str, case: Case) -> None:
@@ -206,9 +288,3 @@ def test_the_default_spec_still_validates() -> None:
     assert result.exit_code == 0, result.output
     assert "cluster 'lab', 1 master(s), 2 worker(s)" in result.stdout
     spec.load(paths.default_spec())
-
-
-def mutated(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    data = copy.deepcopy(DEFAULT)
-    change(data)
-    return data
