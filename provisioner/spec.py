@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
@@ -36,6 +37,24 @@ PATTERN_HELP = {
     "starting and ending with a letter or digit (at most 63 characters)",
 }
 VERSION_PATTERN = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
+# How many masters a cluster may have. One master runs a one-member etcd; HA (three masters sharing one
+# etcd cluster) is not built yet, and adding 3 here is the one line that allows it once it is.
+SUPPORTED_MASTER_COUNTS: tuple[int, ...] = (1,)
+# vagrant-libvirt's management network: every VM's first interface (DHCP, Vagrant's SSH) lives in it, so
+# no cluster network may overlap it. providers/vagrant.py hands the same network to the Vagrantfile.
+VAGRANT_MANAGEMENT_SUBNET = ipaddress.IPv4Network("192.168.121.0/24")
+# Ranges no node, pod or service subnet may touch: addresses there never leave a host or are not unicast.
+UNUSABLE_RANGES = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "the 'this network' range"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "the loopback range"),
+    (ipaddress.IPv4Network("169.254.0.0/16"), "the link-local range"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "the multicast range"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "the reserved range"),
+)
+SUBNET_EXAMPLES = {"nodeSubnet": "192.168.56.0/24", "podSubnet": "10.244.0.0/16", "serviceSubnet": "10.96.0.0/12"}
+# The apiserver's service takes the subnet's 1st address and cluster DNS its 10th (NetworkSpec), so the
+# service subnet needs more than 11 addresses: a /28 at least.
+SERVICE_SUBNET_MAX_PREFIX = 28
 
 
 class Model(BaseModel):
@@ -687,28 +706,61 @@ def _clean_path(loc: tuple[int | str, ...]) -> str:
 
 def semantic_problems(cluster: Cluster, base_dir: Path | None = None) -> list[str]:
     """Checks that span fields: counts, uniqueness, subnets, versions, static host reachability data."""
-    problems: list[str] = []
     spec = cluster.spec
-    net = spec.network
+    return [
+        *_version_problems(spec.kubernetes.version),
+        *_role_problems(spec.nodes),
+        *_node_problems(spec, base_dir),
+        *_subnet_problems(spec),
+        *_mirror_problems(spec.artifacts),
+    ]
 
-    version = spec.kubernetes.version
+
+def _version_problems(version: str) -> list[str]:
     if not VERSION_PATTERN.match(version):
-        problems.append(
+        return [
             f"spec.kubernetes.version: {_show(version)} is not of the form vMAJOR.MINOR.PATCH; "
             f"use one of {', '.join(SUPPORTED)}"
-        )
-    elif version not in SUPPORTED:
+        ]
+    if version not in SUPPORTED:
+        return [f"spec.kubernetes.version: {_show(version)} is not supported; use one of {', '.join(SUPPORTED)}"]
+    return []
+
+
+def _role_problems(nodes: list[Node]) -> list[str]:
+    problems = [
+        f"spec.nodes: no node has role {role!r}; at least 1 master and 1 worker are needed"
+        for role in ("master", "worker")
+        if not any(n.role == role for n in nodes)
+    ]
+    masters = [n.name for n in nodes if n.role == "master"]
+    if masters and len(masters) not in SUPPORTED_MASTER_COUNTS:
+        if len(SUPPORTED_MASTER_COUNTS) == 1:
+            why = (
+                f"only {SUPPORTED_MASTER_COUNTS[0]} master is supported today (each master would run its own "
+                "one-member etcd instead of joining one cluster; HA masters come later)"
+            )
+        else:
+            why = f"the supported master counts are {' or '.join(map(str, SUPPORTED_MASTER_COUNTS))}"
         problems.append(
-            f"spec.kubernetes.version: {_show(version)} is not supported; use one of {', '.join(SUPPORTED)}"
+            f"spec.nodes: {len(masters)} nodes have role 'master' ({', '.join(masters)}); {why}; "
+            "give the other nodes role 'worker'"
         )
+    return problems
 
-    for role in ("master", "worker"):
-        if not any(n.role == role for n in spec.nodes):
-            problems.append(f"spec.nodes: no node has role {role!r}; at least 1 master and 1 worker are needed")
 
+def _node_problems(spec: ClusterBody, base_dir: Path | None) -> list[str]:
+    problems: list[str] = []
+    net = spec.network
+    vagrant = isinstance(spec.provider, VagrantProvider)
+    # without a valid per-node prefix there is no per-node count; _subnet_problems reports the prefix
+    per_node = (
+        2 ** (net.pod_subnet_per_node_prefix - net.pod_subnet.prefixlen)
+        if net.pod_subnet_per_node_prefix > net.pod_subnet.prefixlen
+        else None
+    )
     seen_names: dict[str, int] = {}
     seen_addresses: dict[ipaddress.IPv4Address, int] = {}
-    per_node = 2 ** (net.pod_subnet_per_node_prefix - net.pod_subnet.prefixlen)
     for i, node in enumerate(spec.nodes):
         where = f"spec.nodes[{i}]"
         if node.name in seen_names:
@@ -717,6 +769,8 @@ def semantic_problems(cluster: Cluster, base_dir: Path | None = None) -> list[st
                 "node names must be unique"
             )
         seen_names.setdefault(node.name, i)
+        if isinstance(spec.provider, StaticProvider):
+            problems.extend(_static_ssh_problems(where, node, base_dir))
         if node.address is None:
             problems.append(f"{where}.address: required field is missing; give the node's IPv4 address")
             continue
@@ -734,24 +788,34 @@ def semantic_problems(cluster: Cluster, base_dir: Path | None = None) -> list[st
                 f"{where}.address: {str(node.address)!r} is not a host address in "
                 f"spec.network.nodeSubnet {net.node_subnet}; pick an address inside it"
             )
-        elif _offset(node, net.node_subnet) >= per_node:
+        elif vagrant and node.address == net.node_subnet.network_address + 1:
+            problems.append(
+                f"{where}.address: {str(node.address)!r} is the host's own address on spec.network.nodeSubnet "
+                f"{net.node_subnet} (vagrant-libvirt gives the first address to the host's bridge); "
+                f"use a later one, such as {net.node_subnet.network_address + 10}"
+            )
+        elif per_node is not None and _offset(node, net.node_subnet) >= per_node:
             problems.append(
                 f"{where}.address: {str(node.address)!r} is host number {_offset(node, net.node_subnet)} of "
                 f"the node subnet, but spec.network.podSubnet {net.pod_subnet} holds only {per_node} "
                 f"/{net.pod_subnet_per_node_prefix} per-node subnets; use a larger podSubnet or a "
                 "lower host number"
             )
-        if isinstance(spec.provider, StaticProvider):
-            problems.extend(_static_ssh_problems(where, node, base_dir))
+    return problems
 
+
+def _subnet_problems(spec: ClusterBody) -> list[str]:
+    problems: list[str] = []
+    net = spec.network
     if net.pod_subnet_per_node_prefix <= net.pod_subnet.prefixlen:
         problems.append(
             f"spec.network.podSubnetPerNodePrefix: {net.pod_subnet_per_node_prefix} must be longer than "
             f"the podSubnet prefix /{net.pod_subnet.prefixlen}"
         )
-    elif per_node < len(spec.nodes):
+    elif 2 ** (net.pod_subnet_per_node_prefix - net.pod_subnet.prefixlen) < len(spec.nodes):
         problems.append(
-            f"spec.network.podSubnet: {net.pod_subnet} holds {per_node} per-node "
+            f"spec.network.podSubnet: {net.pod_subnet} holds "
+            f"{2 ** (net.pod_subnet_per_node_prefix - net.pod_subnet.prefixlen)} per-node "
             f"/{net.pod_subnet_per_node_prefix} subnets, fewer than the {len(spec.nodes)} nodes; "
             "use a larger podSubnet or a longer podSubnetPerNodePrefix"
         )
@@ -764,17 +828,54 @@ def semantic_problems(cluster: Cluster, base_dir: Path | None = None) -> list[st
                     f"spec.network.{b}: {subnets[b]} overlaps spec.network.{a} {subnets[a]}; "
                     "node, pod and service subnets must be disjoint"
                 )
-
-    if spec.artifacts.source == "mirror" and not spec.artifacts.mirror:
+    for name, subnet in subnets.items():
+        example = SUBNET_EXAMPLES[name]
+        for special, what in UNUSABLE_RANGES:
+            if subnet.overlaps(special):
+                problems.append(
+                    f"spec.network.{name}: {subnet} overlaps {what} {special}, which no cluster network can use; "
+                    f"use a private range such as {example}"
+                )
+                break  # one line per subnet is enough: 0.0.0.0/0 would overlap every range
+        if isinstance(spec.provider, VagrantProvider) and subnet.overlaps(VAGRANT_MANAGEMENT_SUBNET):
+            problems.append(
+                f"spec.network.{name}: {subnet} overlaps Vagrant's management network {VAGRANT_MANAGEMENT_SUBNET} "
+                f"(every VM's first interface); pick another, such as {example}"
+            )
+    if net.service_subnet.prefixlen > SERVICE_SUBNET_MAX_PREFIX:
         problems.append(
-            "spec.artifacts.mirror: required when spec.artifacts.source is 'mirror'; "
-            "give the mirror's base URL (http://host:port/)"
-        )
-    if spec.artifacts.mirror and not re.match(r"^(https?|file)://", spec.artifacts.mirror):
-        problems.append(
-            f"spec.artifacts.mirror: {_show(spec.artifacts.mirror)} is not a URL; use http://, https:// or file://"
+            f"spec.network.serviceSubnet: {net.service_subnet} holds {net.service_subnet.num_addresses} "
+            f"address(es), too few: the apiserver's service takes the 1st and cluster DNS the 10th; "
+            f"use a /{SERVICE_SUBNET_MAX_PREFIX} or larger, such as {SUBNET_EXAMPLES['serviceSubnet']}"
         )
     return problems
+
+
+def _mirror_problems(artifacts: ArtifactsSpec) -> list[str]:
+    field, url = "spec.artifacts.mirror", artifacts.mirror
+    example = "such as http://192.168.56.1:8080/"
+    if not url:
+        if artifacts.source == "mirror":
+            return [
+                f"{field}: required when spec.artifacts.source is 'mirror'; "
+                "give the mirror's base URL (http://host:port/)"
+            ]
+        return []
+    if not re.match(r"^(https?|file)://", url):
+        return [f"{field}: {_show(url)} is not a URL; use http://, https:// or file://"]
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return [f"{field}: {_show(url)} holds spaces or control characters; percent-encode them (%20)"]
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # reading it checks it: 'host:99999' and 'host:x' raise ValueError
+    except ValueError as exc:
+        return [f"{field}: {_show(url)} is not a valid URL ({exc}); give the mirror's base URL {example}"]
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.strip("/"):
+            return [f"{field}: {_show(url)} is not a local folder's URL; write file:///path/to/mirror"]
+    elif not parts.hostname:
+        return [f"{field}: {_show(url)} has no host; give the mirror's base URL with its host, {example}"]
+    return []
 
 
 def _static_ssh_problems(where: str, node: Node, base_dir: Path | None) -> list[str]:

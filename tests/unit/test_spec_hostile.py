@@ -219,7 +219,98 @@ TYPES: list[Case] = [
     ),
 ]
 
-CASES = READER + TYPES
+
+def node_subnet(subnet: str) -> Callable[[dict[str, Any]], None]:
+    """Move the node subnet and every node into it (the nodes keep their host numbers)."""
+    network = subnet.rsplit(".", 1)[0]
+
+    def change(data: dict[str, Any]) -> None:
+        data["spec"]["network"]["nodeSubnet"] = subnet
+        for node in data["spec"]["nodes"]:
+            node["address"] = f"{network}.{node['address'].rsplit('.', 1)[1]}"
+
+    return change
+
+
+def masters(count: int) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        nodes = data["spec"]["nodes"]
+        for i in range(1, count):
+            nodes.insert(i, {**nodes[0], "name": f"master-{i + 1}", "address": f"192.168.56.{20 + i}"})
+
+    return change
+
+
+NETWORK: list[Case] = [
+    Case(
+        "node-at-host-bridge",
+        spec_with(setting("spec.nodes.0.address", "192.168.56.1")),
+        "spec.nodes[0].address: '192.168.56.1' is the host's own address",
+        "use a later one, such as 192.168.56.10",
+    ),
+    Case(
+        "node-subnet-loopback",
+        spec_with(node_subnet("127.0.56.0/24")),
+        "spec.network.nodeSubnet: 127.0.56.0/24 overlaps the loopback range",
+        "use a private range such as 192.168.56.0/24",
+    ),
+    Case(
+        "pod-subnet-multicast",
+        spec_with(setting("spec.network.podSubnet", "224.10.0.0/16")),
+        "spec.network.podSubnet: 224.10.0.0/16 overlaps the multicast range",
+        "use a private range such as 10.244.0.0/16",
+    ),
+    Case(
+        "service-subnet-link-local",
+        spec_with(setting("spec.network.serviceSubnet", "169.254.0.0/16")),
+        "spec.network.serviceSubnet: 169.254.0.0/16 overlaps the link-local range",
+        "use a private range such as 10.96.0.0/12",
+    ),
+    Case(
+        "node-subnet-vagrant-management",
+        spec_with(node_subnet("192.168.121.0/24")),
+        "spec.network.nodeSubnet: 192.168.121.0/24 overlaps Vagrant's management network 192.168.121.0/24",
+        "pick another, such as 192.168.56.0/24",
+    ),
+    Case(
+        "pod-subnet-vagrant-management",
+        spec_with(setting("spec.network.podSubnet", "192.168.64.0/18")),
+        "spec.network.podSubnet: 192.168.64.0/18 overlaps Vagrant's management network",
+        "pick another, such as 10.244.0.0/16",
+    ),
+    Case(
+        "service-subnet-too-small",
+        spec_with(setting("spec.network.serviceSubnet", "10.96.0.0/29")),
+        "spec.network.serviceSubnet: 10.96.0.0/29 holds 8 address(es), too few",
+        "use a /28 or larger",
+    ),
+    Case(
+        "two-masters",
+        spec_with(masters(2)),
+        "spec.nodes: 2 nodes have role 'master' (master, master-2); only 1 master is supported today",
+        "give the other nodes role 'worker'",
+    ),
+    Case(
+        "three-masters",
+        spec_with(masters(3)),
+        "spec.nodes: 3 nodes have role 'master' (master, master-2, master-3); only 1 master is supported today",
+        "give the other nodes role 'worker'",
+    ),
+    Case(
+        "mirror-without-host",
+        spec_with(setting("spec.artifacts", {"source": "mirror", "mirror": "http:///mirror/"})),
+        "spec.artifacts.mirror: 'http:///mirror/' has no host",
+        "give the mirror's base URL with its host",
+    ),
+    Case(
+        "mirror-bad-port",
+        spec_with(setting("spec.artifacts", {"source": "mirror", "mirror": "http://10.0.0.1:99999/"})),
+        "spec.artifacts.mirror: 'http://10.0.0.1:99999/' is not a valid URL (Port out of range",
+        "give the mirror's base URL",
+    ),
+]
+
+CASES = READER + TYPES + NETWORK
 
 
 def _check_line(line: str, case: Case) -> None:
@@ -288,3 +379,26 @@ def test_the_default_spec_still_validates() -> None:
     assert result.exit_code == 0, result.output
     assert "cluster 'lab', 1 master(s), 2 worker(s)" in result.stdout
     spec.load(paths.default_spec())
+
+
+def test_the_master_count_is_one_constant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HA changes SUPPORTED_MASTER_COUNTS and nothing else in the validator."""
+    three = copy.deepcopy(DEFAULT)
+    masters(3)(three)
+    monkeypatch.setattr(spec, "SUPPORTED_MASTER_COUNTS", (1, 3))
+    assert len(spec.parse(three).masters) == 3
+    two = copy.deepcopy(DEFAULT)
+    masters(2)(two)
+    with pytest.raises(SpecError) as info:
+        spec.parse(two, where="c.yaml")
+    assert info.value.problems == [
+        "c.yaml: spec.nodes: 2 nodes have role 'master' (master, master-2); the supported master counts are "
+        "1 or 3; give the other nodes role 'worker'"
+    ]
+
+
+def test_the_management_network_is_the_one_the_vagrant_provider_uses() -> None:
+    # two copies until providers/vagrant.py imports spec.VAGRANT_MANAGEMENT_SUBNET; they must not drift apart
+    from provisioner.providers import vagrant
+
+    assert spec.VAGRANT_MANAGEMENT_SUBNET == vagrant.MANAGEMENT_SUBNET
