@@ -14,6 +14,7 @@ import yaml
 
 from provisioner import paths, spec
 from provisioner.errors import SpecError
+from provisioner.providers.vagrant import generate_ssh_key
 
 DEFAULT = yaml.safe_load(paths.default_spec().read_text())
 
@@ -28,7 +29,7 @@ def mutated(change: Mutation) -> dict[str, Any]:
 
 def static_spec(tmp_path: Path, with_key: bool = True) -> dict[str, Any]:
     key = tmp_path / "id_ed25519"
-    key.write_text("not a real key; the validator only checks the file exists\n")
+    generate_ssh_key(key)  # the validator reads the key as ssh would: a private key, mode 600
     data = copy.deepcopy(DEFAULT)
     data["spec"]["provider"] = {"type": "static"}
     for node in data["spec"]["nodes"]:

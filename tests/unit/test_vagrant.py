@@ -163,7 +163,7 @@ def test_preflight_judges_root_sudo_and_python(output: str, user: str, ok: bool,
 
 def test_static_hosts_come_from_the_spec(tmp_path: Path) -> None:
     key = tmp_path / "id"
-    key.write_text("k")
+    generate_ssh_key(key)  # the validator refuses what ssh would: a fake or group-readable key
     data = {
         "apiVersion": "provisioner.dev/v1alpha1",
         "kind": "Cluster",
