@@ -11,8 +11,10 @@ import datetime
 import difflib
 import ipaddress
 import os
+import pwd
 import re
 import reprlib
+import shlex
 import stat
 from collections.abc import Iterator
 from functools import cached_property
@@ -32,10 +34,6 @@ from provisioner.versions import DEFAULT_KUBERNETES, SUPPORTED
 API_VERSION = "provisioner.dev/v1alpha1"
 KIND = "Cluster"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-PATTERN_HELP = {
-    NAME_PATTERN: "is not a valid name; use lowercase letters, digits and '-', "
-    "starting and ending with a letter or digit (at most 63 characters)",
-}
 VERSION_PATTERN = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
 # How many masters a cluster may have. One master runs a one-member etcd; HA (three masters sharing one
 # etcd cluster) is not built yet, and adding 3 here is the one line that allows it once it is.
@@ -51,6 +49,20 @@ UNUSABLE_RANGES = (
     (ipaddress.IPv4Network("224.0.0.0/4"), "the multicast range"),
     (ipaddress.IPv4Network("240.0.0.0/4"), "the reserved range"),
 )
+# What ssh reads as a private key (OpenSSH, PEM and PKCS#8 forms) and what is a public key given instead.
+PRIVATE_KEY = re.compile(rb"-----BEGIN (OPENSSH |RSA |DSA |EC |ENCRYPTED )?PRIVATE KEY-----")
+PUBLIC_KEY = re.compile(
+    rb"\s*((ssh|ecdsa|sk)-[\w@.-]+ AAAA|---- BEGIN SSH2 PUBLIC KEY ----|-----BEGIN (RSA )?PUBLIC KEY-----)"
+)
+MAX_KEY_BYTES = 64 * 1024  # a 16384-bit RSA key is 13 KiB
+# A login name ssh and the remote host accept; a leading '-' would reach ssh as an option (-oProxyCommand=...)
+SSH_USER_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$"
+PATTERN_HELP = {  # what each pattern's error line says after the value
+    NAME_PATTERN: "is not a valid name; use lowercase letters, digits and '-', "
+    "starting and ending with a letter or digit (at most 63 characters)",
+    SSH_USER_PATTERN: "is not a user name ssh can be given safely; use letters, digits, '.', '_' and '-', "
+    "not starting with '-' or '.' (at most 32 characters)",
+}
 SUBNET_EXAMPLES = {"nodeSubnet": "192.168.56.0/24", "podSubnet": "10.244.0.0/16", "serviceSubnet": "10.96.0.0/12"}
 # The apiserver's service takes the subnet's 1st address and cluster DNS its 10th (NetworkSpec), so the
 # service subnet needs more than 11 addresses: a /28 at least.
@@ -122,7 +134,7 @@ class ArtifactsSpec(Model):
 
 
 class SSHSpec(Model):
-    user: Annotated[str, Field(min_length=1)] = "root"
+    user: Annotated[str, Field(pattern=SSH_USER_PATTERN)] = "root"
     key: FilePath | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 22
 
@@ -512,7 +524,7 @@ def _absolute_key(key: str, base_dir: Path) -> str:
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SHOW = reprlib.Repr()
-_SHOW.maxlevel, _SHOW.maxdict, _SHOW.maxlist, _SHOW.maxstring, _SHOW.maxlong, _SHOW.maxother = 2, 4, 4, 80, 40, 80
+_SHOW.maxlevel, _SHOW.maxdict, _SHOW.maxlist, _SHOW.maxstring, _SHOW.maxlong, _SHOW.maxother = 2, 4, 4, 200, 40, 80
 
 
 def _show(value: Any) -> str:
@@ -885,9 +897,49 @@ def _static_ssh_problems(where: str, node: Node, base_dir: Path | None) -> list[
             f"that logs in to {node.name}"
         ]
     key = Path(_absolute_key(str(node.ssh.key), base_dir or Path.cwd()))
-    if not key.is_file():
-        return [f"{where}.ssh.key: {_show(str(node.ssh.key))} is not a file; give an existing private key path"]
-    return []
+    problem = _key_file_problem(key)
+    return [f"{where}.ssh.key: {_show(str(node.ssh.key))} {problem}"] if problem else []
+
+
+def _key_file_problem(key: Path) -> str | None:
+    """What makes ssh refuse this private key file, checked here so it is not found deep inside Ansible."""
+    try:
+        info = key.stat()
+    except PermissionError:
+        return f"cannot be reached by user {_current_user()} (permission denied); make it readable to that user"
+    except (OSError, ValueError):
+        return "is not a file; give an existing private key path"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a file; give an existing private key path"
+    try:
+        with key.open("rb") as stream:
+            head = stream.read(MAX_KEY_BYTES)
+    except PermissionError:
+        return f"cannot be read by user {_current_user()} (permission denied); make it readable to that user"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}; give a readable private key file"
+    if not head.strip():
+        return "is empty; give the private key file (ssh-keygen writes one)"
+    if PUBLIC_KEY.match(head):
+        hint = f" ({key.with_suffix('')})" if key.suffix == ".pub" and key.with_suffix("").is_file() else ""
+        return f"is a public key; give the private key, usually the same path without .pub{hint}"
+    if not PRIVATE_KEY.search(head):
+        return "holds no SSH private key (no '-----BEGIN ... PRIVATE KEY-----' line); give the file ssh -i takes"
+    mode = stat.S_IMODE(info.st_mode)
+    # ssh's own rule (sshkey_perm_ok): a key of the user's that group or others may use is refused
+    if info.st_uid == os.getuid() and mode & 0o077:
+        return (
+            f"has mode {mode:04o}, open to group or others, and ssh refuses such a key; "
+            f"run chmod 600 {shlex.quote(str(key))}"
+        )
+    return None
+
+
+def _current_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry, as in some containers
+        return f"uid {os.getuid()}"
 
 
 def resolve_key(cluster_file: Path, key: Path) -> Path:

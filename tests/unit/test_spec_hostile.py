@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from typer.testing import CliRunner
 from provisioner import paths, spec
 from provisioner.cli import app
 from provisioner.errors import SpecError
+from provisioner.providers.vagrant import generate_ssh_key
 
 BUDGET = 2.0  # seconds from start to the error line, for the reader and for the whole CLI
 HANG_GUARD = 20.0  # a subprocess still running after this is a hang; the budget check reports it as slow
@@ -310,7 +313,82 @@ NETWORK: list[Case] = [
     ),
 ]
 
-CASES = READER + TYPES + NETWORK
+
+def static_hosts(bad_key: Callable[[Path], Path] | None = None, user: str = "root") -> Writer:
+    """A static-hosts spec with good keys, except worker-1's key (made by `bad_key`) and user."""
+
+    def write(folder: Path) -> Path:
+        good = folder / "id_ed25519"
+        generate_ssh_key(good)
+        data = copy.deepcopy(DEFAULT)
+        data["spec"]["provider"] = {"type": "static"}
+        for node in data["spec"]["nodes"]:
+            node.pop("cpus")
+            node.pop("memory")
+            node["ssh"] = {"user": "root", "key": str(good)}
+        data["spec"]["nodes"][1]["ssh"] = {"user": user, "key": str(bad_key(folder) if bad_key else good)}
+        path = folder / "cluster.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+def key_file(content: bytes | None = None, mode: int = 0o600) -> Callable[[Path], Path]:
+    """A key file for worker-1: a fresh private key unless `content` is given, with `mode`."""
+
+    def make(folder: Path) -> Path:
+        key = folder / "worker-1" / "id_ed25519"
+        key.parent.mkdir()
+        generate_ssh_key(key)
+        if content is not None:
+            key.write_bytes(content)
+        key.chmod(mode)
+        return key
+
+    return make
+
+
+def public_key(folder: Path) -> Path:
+    key = key_file()(folder)
+    return key.with_name(key.name + ".pub")
+
+
+STATIC: list[Case] = [
+    Case(
+        "key-group-readable",
+        static_hosts(key_file(mode=0o640)),
+        "spec.nodes[1].ssh.key: ",
+        "has mode 0640, open to group or others, and ssh refuses such a key; run chmod 600",
+    ),
+    Case(
+        "key-world-readable",
+        static_hosts(key_file(mode=0o644)),
+        "spec.nodes[1].ssh.key: ",
+        "has mode 0644, open to group or others, and ssh refuses such a key; run chmod 600",
+    ),
+    Case("key-empty", static_hosts(key_file(b"")), "spec.nodes[1].ssh.key: ", "is empty; give the private key file"),
+    Case(
+        "key-is-public",
+        static_hosts(public_key),
+        "spec.nodes[1].ssh.key: ",
+        "is a public key; give the private key, usually the same path without .pub",
+    ),
+    Case(
+        "key-is-not-a-key",
+        static_hosts(key_file(b"just some text\n")),
+        "spec.nodes[1].ssh.key: ",
+        "holds no SSH private key",
+    ),
+    Case(
+        "user-is-an-option",
+        static_hosts(user="-oProxyCommand=touch /tmp/pwned"),
+        "spec.nodes[1].ssh.user: '-oProxyCommand=touch /tmp/pwned' is not a user name ssh can be given safely",
+        "not starting with '-'",
+    ),
+]
+
+CASES = READER + TYPES + NETWORK + STATIC
 
 
 def _check_line(line: str, case: Case) -> None:
@@ -402,3 +480,31 @@ def test_the_management_network_is_the_one_the_vagrant_provider_uses() -> None:
     from provisioner.providers import vagrant
 
     assert spec.VAGRANT_MANAGEMENT_SUBNET == vagrant.MANAGEMENT_SUBNET
+
+
+def test_key_unreadable_to_the_current_user(tmp_path: Path) -> None:
+    """Root reads any file, so as root the check runs without the capabilities that let it (setpriv)."""
+    path = static_hosts(key_file(mode=0o000))(tmp_path)
+    bad = tmp_path / "worker-1" / "id_ed25519"
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: every file is readable")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    started = time.monotonic()
+    result = subprocess.run(
+        [*prefix, sys.executable, "-m", "provisioner", "validate", "--spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < BUDGET, f"took {elapsed:.1f}s"
+    assert result.returncode == 2, result.stderr
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert result.stderr.splitlines() == [
+        f"error: {path}: spec.nodes[1].ssh.key: {str(bad)!r} cannot be read by user {user} (permission denied); "
+        "make it readable to that user"
+    ]
