@@ -388,7 +388,29 @@ STATIC: list[Case] = [
     ),
 ]
 
-CASES = READER + TYPES + NETWORK + STATIC
+OUTPUT: list[Case] = [
+    # the CLI prints with rich: a value that looks like markup must print as text, not crash or vanish
+    Case(
+        "markup-closing-tag",
+        spec_with(setting("metadata.name", "[/]")),
+        "metadata.name: '[/]' is not a valid name",
+        "use lowercase letters",
+    ),
+    Case(
+        "markup-style",
+        spec_with(setting("spec.provider.backend", "[red]libvirt[/red]")),
+        "spec.provider.backend: '[red]libvirt[/red]' is not allowed",
+        "expected one of 'libvirt' or 'virtualbox'",
+    ),
+    Case(
+        "escape-codes-in-a-key",
+        spec_with(setting("spec.\x1b[2Jnodes", 1)),
+        "spec['\\x1b[2Jnodes']: unknown key '\\x1b[2Jnodes'",
+        "allowed keys here",
+    ),
+]
+
+CASES = READER + TYPES + NETWORK + STATIC + OUTPUT
 
 
 def _check_line(line: str, case: Case) -> None:
@@ -457,6 +479,36 @@ def test_the_default_spec_still_validates() -> None:
     assert result.exit_code == 0, result.output
     assert "cluster 'lab', 1 master(s), 2 worker(s)" in result.stdout
     spec.load(paths.default_spec())
+
+
+def manifests(folder: Path) -> Path:
+    (folder / "manifests").mkdir()
+    (folder / "manifests" / "cm.yaml").write_text("kind: ConfigMap\nmetadata: {name: x}\n")
+    return folder / "manifests"
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.id in ("latin-1-byte", "binary-file", "duplicate-nodes")], ids=lambda c: c.id
+)
+def test_drift_exits_2_not_1_on_a_bad_spec(case: Case, tmp_path: Path) -> None:
+    """drift's 1 means "drift found": a spec it cannot read must be 2, with the validator's line."""
+    result = CliRunner().invoke(
+        app, ["drift", "--manifests", str(manifests(tmp_path)), "--spec", str(case.write(tmp_path))]
+    )
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    _check_line(lines[0], case)
+
+
+def test_drift_exits_2_on_a_bug_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def bug(_path: Path) -> None:
+        raise RuntimeError("a bug in the spec reader")
+
+    monkeypatch.setattr(spec, "load", bug)
+    result = CliRunner().invoke(app, ["drift", "--manifests", str(manifests(tmp_path))])
+    assert result.exit_code == 2
+    assert "RuntimeError: a bug in the spec reader" in result.stderr  # a bug still shows its traceback
 
 
 def test_the_master_count_is_one_constant(monkeypatch: pytest.MonkeyPatch) -> None:
