@@ -218,6 +218,7 @@ def _offset(node: Node, subnet: ipaddress.IPv4Network) -> int:
 MAX_SPEC_BYTES = 256 * 1024  # a spec is a few KiB (100 nodes are about 15 KiB); a larger file is not one
 MAX_DEPTH = 32  # nesting levels, aliases expanded; the deepest field, spec.nodes[0].ssh.key, is at level 6
 MAX_VALUES = 10_000  # values after alias expansion; a 100-node spec holds about 1,000
+MAX_INTEGER = 2**63  # no field takes more (memory in MiB stops at 262144)
 
 _FILE_KINDS = {
     stat.S_IFDIR: "a directory",
@@ -462,14 +463,34 @@ class _SpecLoader(yaml.SafeLoader):
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as exc:  # int("9" * 5000), a 13th month: PyYAML lets these through
-            number = node.tag == "tag:yaml.org,2002:int"
+        except (_Refused, yaml.YAMLError):
+            raise
+        except Exception as exc:  # PyYAML's constructors fail with any error: '!!bool x' is a KeyError
+            detail = f" ({exc})" if isinstance(exc, ValueError) else ""  # "month must be in 1..12"
             raise self._refuse(
                 node.start_mark,
-                f"{_show(node.value)} " + ("has too many digits" if number else f"cannot be read ({exc})"),
-                "write a number of the field's size" if number else "write a plain value, in quotes if it is text",
+                f"{_show(node.value)} cannot be read as {_TAG_KINDS.get(node.tag, node.tag)}{detail}",
+                "write a plain value, in quotes if it is text",
                 keys=self._paths.get(id(node), ()),
             ) from None
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        # Past 4,300 digits int() raises, and a huge number cannot even be printed in pydantic's errors.
+        try:
+            value = super().construct_yaml_int(node)
+        except ValueError:
+            value = None
+        if value is None or abs(value) > MAX_INTEGER:
+            raise self._refuse(
+                node.start_mark,
+                f"{_show(node.value)} is a number larger than any field takes",
+                "write a number of the field's size",
+                keys=self._paths.get(id(node), ()),
+            )
+        return value
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
 
 
 def _load_yaml(text: str) -> Any:
@@ -523,16 +544,22 @@ def _absolute_key(key: str, base_dir: Path) -> str:
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_SHOW = reprlib.Repr()
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 10_000:  # more than 3,000 digits: Python refuses to print past 4,300
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_SHOW = _ShortRepr()
 _SHOW.maxlevel, _SHOW.maxdict, _SHOW.maxlist, _SHOW.maxstring, _SHOW.maxlong, _SHOW.maxother = 2, 4, 4, 200, 40, 80
 
 
 def _show(value: Any) -> str:
     """A value for an error line, cut short and escaped, so a line stays one short line whatever the input."""
-    try:
-        return _SHOW.repr(value)
-    except ValueError:  # an integer too long to print in decimal
-        return f"<an integer of {value.bit_length()} bits>"
+    return _SHOW.repr(value)
 
 
 def _path(loc: tuple[Any, ...]) -> str:
