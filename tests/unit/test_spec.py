@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,22 @@ def test_pod_cidrs_are_stable_when_nodes_change() -> None:
     assert len(set(cluster.pod_cidrs.values())) == len(cluster.spec.nodes)
     for cidr in cluster.pod_cidrs.values():
         assert cidr.subnet_of(cluster.spec.network.pod_subnet)
+
+
+def test_pod_cidrs_of_a_large_pod_subnet_are_counted_not_listed() -> None:
+    data = mutated(
+        lambda d: d["spec"]["network"].update(
+            podSubnet="10.0.0.0/8", podSubnetPerNodePrefix=28, serviceSubnet="172.16.0.0/16"
+        )
+    )
+    started = time.monotonic()
+    cidrs = spec.parse(data).pod_cidrs
+    assert time.monotonic() - started < 0.5  # a million /28s in the pod subnet, none of them listed
+    assert {name: str(c) for name, c in cidrs.items()} == {
+        "master": "10.0.0.160/28",  # host number 10: the 11th /28
+        "worker-1": "10.0.0.176/28",
+        "worker-2": "10.0.0.192/28",
+    }
 
 
 def test_derived_service_addresses() -> None:
