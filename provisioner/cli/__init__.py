@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from provisioner import hosts, paths, providers, scaling, spec
 from provisioner.cli import artifacts, box, cluster, drift, verify
 from provisioner.cli.render import cli_bus, console, fail_cleanly, out
-from provisioner.errors import MachineError
+from provisioner.errors import MachineError, SpecError
 from provisioner.events import EventBus
 from provisioner.state import State
 from provisioner.versions import SUPPORTED
@@ -32,7 +33,12 @@ SpecOption = Annotated[
 
 
 def load_spec(path: Path | None) -> spec.Cluster:
-    return spec.load(path or paths.default_spec())
+    try:
+        return spec.load(path or paths.default_spec())
+    except SpecError as exc:
+        # Printed as text, not markup: a spec's values may look like markup ('[/]' would crash the print).
+        console.print(f"[bold red]error:[/bold red] {escape(exc.message())}", soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 @app.command()
@@ -46,7 +52,8 @@ def validate(spec_file: SpecOption = None) -> None:
         out.print(
             f"ok: {spec_file or paths.default_spec()}: cluster {cluster.name!r}, "
             f"{len(cluster.masters)} master(s), {len(cluster.workers)} worker(s), "
-            f"Kubernetes {cluster.spec.kubernetes.version}, provider {cluster.spec.provider.type}"
+            f"Kubernetes {cluster.spec.kubernetes.version}, provider {cluster.spec.provider.type}",
+            markup=False,  # the path is the user's: a folder named [old] must print as it is
         )
 
 

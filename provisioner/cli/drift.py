@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from provisioner import artifacts, paths, spec
 from provisioner.cli.render import console, out
@@ -45,7 +46,11 @@ def drift(
         differences = find_drift(manifests, Kubectl(kubectl_bin, state.kubeconfig, prefix))
     except ProvisionerError as exc:
         # Any error is exit 2, so scripts can tell "could not compare" from "drifted".
-        console.print(f"[bold red]error:[/bold red] {exc.message()}")
+        console.print(f"[bold red]error:[/bold red] {escape(exc.message())}")
+        raise typer.Exit(2) from None
+    except Exception:
+        # A bug keeps its traceback but exits 2 too: Python's 1 would tell a script the cluster drifted.
+        console.print_exception(show_locals=False)
         raise typer.Exit(2) from None
     if as_json:
         out.print_json(json.dumps([d.to_dict() for d in differences]))

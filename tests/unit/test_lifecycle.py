@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from provisioner import cli, inventory, lifecycle, paths, pki, preflight, spec
 from provisioner.errors import MachineError
 from provisioner.events import EventBus
-from provisioner.providers.base import HostConnection
+from provisioner.hosts import HostConnection
+from provisioner.providers.vagrant import generate_ssh_key
 from provisioner.state import State
 
 
@@ -79,7 +80,7 @@ class _StopAfterPreflight(Exception):
 
 
 def _static_cluster(tmp_path: Path) -> spec.Cluster:
-    (tmp_path / "id").write_text("k")
+    generate_ssh_key(tmp_path / "id")
     nodes = [("m", "master", "10.0.0.2"), ("w1", "worker", "10.0.0.3"), ("w2", "worker", "10.0.0.4")]
     data = {
         "apiVersion": "provisioner.dev/v1alpha1",

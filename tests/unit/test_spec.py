@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import yaml
 
 from provisioner import paths, spec
 from provisioner.errors import SpecError
+from provisioner.providers.vagrant import generate_ssh_key
 
 DEFAULT = yaml.safe_load(paths.default_spec().read_text())
 
@@ -28,7 +30,7 @@ def mutated(change: Mutation) -> dict[str, Any]:
 
 def static_spec(tmp_path: Path, with_key: bool = True) -> dict[str, Any]:
     key = tmp_path / "id_ed25519"
-    key.write_text("not a real key; the validator only checks the file exists\n")
+    generate_ssh_key(key)  # the validator reads the key as ssh would: a private key, mode 600
     data = copy.deepcopy(DEFAULT)
     data["spec"]["provider"] = {"type": "static"}
     for node in data["spec"]["nodes"]:
@@ -53,6 +55,22 @@ def test_pod_cidrs_are_stable_when_nodes_change() -> None:
     assert len(set(cluster.pod_cidrs.values())) == len(cluster.spec.nodes)
     for cidr in cluster.pod_cidrs.values():
         assert cidr.subnet_of(cluster.spec.network.pod_subnet)
+
+
+def test_pod_cidrs_of_a_large_pod_subnet_are_counted_not_listed() -> None:
+    data = mutated(
+        lambda d: d["spec"]["network"].update(
+            podSubnet="10.0.0.0/8", podSubnetPerNodePrefix=28, serviceSubnet="172.16.0.0/16"
+        )
+    )
+    started = time.monotonic()
+    cidrs = spec.parse(data).pod_cidrs
+    assert time.monotonic() - started < 0.5  # a million /28s in the pod subnet, none of them listed
+    assert {name: str(c) for name, c in cidrs.items()} == {
+        "master": "10.0.0.160/28",  # host number 10: the 11th /28
+        "worker-1": "10.0.0.176/28",
+        "worker-2": "10.0.0.192/28",
+    }
 
 
 def test_derived_service_addresses() -> None:
@@ -90,7 +108,12 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
     # (id, change, field path expected in the message, a fragment of the explanation)
     ("unknown-key", _set("spec.contol_plane", 1), "spec.contol_plane", "unknown key 'contol_plane'"),
     ("unknown-node-key", _set("spec.nodes.0.adress", "x"), "spec.nodes[0].adress", "allowed keys here"),
-    ("unknown-provider-key", _set("spec.provider.boxx", "y"), "spec.provider.boxx", "box"),
+    (
+        "unknown-provider-key",
+        _set("spec.provider.boxx", "y"),
+        "spec.provider.boxx",
+        "allowed keys here: accelerator, backend, box, isolation, type",
+    ),
     ("wrong-type-cpus", _set("spec.nodes.1.cpus", "two"), "spec.nodes[1].cpus", "'two'"),
     ("wrong-type-nodes", _set("spec.nodes", {"master": 1}), "spec.nodes", "list"),
     ("missing-role", _delete("spec.nodes.1.role"), "spec.nodes[1].role", "required field is missing"),

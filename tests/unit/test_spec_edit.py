@@ -12,6 +12,7 @@ from provisioner import hosts, paths, scaling, spec, spec_edit
 from provisioner.errors import SpecError
 from provisioner.events import EventBus
 from provisioner.providers import for_cluster
+from provisioner.providers.vagrant import generate_ssh_key
 from provisioner.state import State
 
 
@@ -67,7 +68,7 @@ def test_after_scale_down_the_generated_inventory_names_only_the_nodes_left(spec
     """verify reads the host list and the host checks the generated inventory: removed workers must be gone
     from both (the bench found host checks failing with "No route to host" against workers scaled away)."""
     key = tmp_path / "id_ed25519"
-    key.write_text("not a real key\n")
+    generate_ssh_key(key)
     data = yaml.safe_load(spec_file.read_text())
     data["spec"]["provider"] = {"type": "static"}
     data["spec"]["nodes"].append({**data["spec"]["nodes"][-1], "name": "worker-3", "address": "192.168.56.13"})
