@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from provisioner.errors import ProvisionerError
@@ -103,7 +104,8 @@ def fail_cleanly(renderer: Renderer | None = None) -> Iterator[None]:
     except ProvisionerError as exc:
         if renderer is not None:
             renderer.summary()
-        console.print(f"[bold red]error:[/bold red] {exc.message()}", soft_wrap=True)
+        # The message quotes the user's input, which must not be read as rich markup ("[/]" would crash).
+        console.print(f"[bold red]error:[/bold red] {escape(exc.message())}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if renderer is not None:

@@ -124,7 +124,9 @@ def test_every_artifact_installed_on_a_node_is_in_the_set_and_every_unit_binary_
             assert set(unit.roles) <= set(artifact.roles), f"{unit.name} runs where {unit.binary} is not installed"
 
 
-@pytest.mark.parametrize("literal", ["/usr/local/bin", "/etc/kubernetes", "/opt/cni", "cluster.local", ":2379", "6443"])
+@pytest.mark.parametrize(
+    "literal", ["/usr/local/bin", "/etc/kubernetes", "/etc/containerd", "/opt/cni", "cluster.local", ":2379", "6443"]
+)
 def test_templates_and_role_defaults_name_no_path_or_port_of_the_layout(literal: str) -> None:
     """A literal path or port in a role is a second copy of a fact the layout holds."""
     found = [

@@ -564,13 +564,6 @@ def test_the_master_count_is_one_constant(monkeypatch: pytest.MonkeyPatch) -> No
     ]
 
 
-def test_the_management_network_is_the_one_the_vagrant_provider_uses() -> None:
-    # two copies until providers/vagrant.py imports spec.VAGRANT_MANAGEMENT_SUBNET; they must not drift apart
-    from provisioner.providers import vagrant
-
-    assert spec.VAGRANT_MANAGEMENT_SUBNET == vagrant.MANAGEMENT_SUBNET
-
-
 def test_key_unreadable_to_the_current_user(tmp_path: Path) -> None:
     """Root reads any file, so as root the check runs without the capabilities that let it (setpriv)."""
     path = static_hosts(key_file(mode=0o000))(tmp_path)
@@ -588,3 +581,18 @@ def test_key_unreadable_to_the_current_user(tmp_path: Path) -> None:
         f"{path}: spec.nodes[1].ssh.key: {str(bad)!r} cannot be read by user {user} (permission denied); "
         "make it readable to that user"
     ]
+
+
+@pytest.mark.parametrize("verb", ["up", "destroy", "verify", "reset"])
+def test_every_verb_prints_a_bad_value_as_text_not_markup(tmp_path: Path, verb: str) -> None:
+    """A value such as `[/]` in the error once crashed rich's markup parser in the verbs other than validate."""
+    from typer.testing import CliRunner
+
+    from provisioner import cli
+
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text(paths.default_spec().read_text().replace("name: lab", "name: '[/]'", 1))
+    result = CliRunner().invoke(cli.app, [verb, "--spec", str(bad), *(["--yes"] if verb == "reset" else [])])
+    assert result.exit_code == 2, result.output
+    assert "metadata.name" in result.output and "[/]" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

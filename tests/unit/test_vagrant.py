@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import os
 import shutil
@@ -314,18 +313,6 @@ def test_failed_up_names_the_machines_and_vagrants_error(
         ("master", "Creating image (snapshot of base box volume)."),
         ("master", "Starting domain."),
     ]
-
-
-def test_node_subnet_may_not_overlap_the_management_network(tmp_path: Path) -> None:
-    # The spec validator refuses such a spec first (test_spec_hostile); this is the provider's own guard,
-    # so the cluster is built past the validator.
-    cluster = spec.load(paths.default_spec())
-    network = cluster.spec.network.model_copy(update={"node_subnet": ipaddress.IPv4Network("192.168.121.0/24")})
-    cluster = cluster.model_copy(update={"spec": cluster.spec.model_copy(update={"network": network})})
-    provider = for_cluster(cluster, State(tmp_path / "lab"), EventBus())
-    assert isinstance(provider, VagrantLab)
-    with pytest.raises(MachineError, match="overlaps Vagrant's management network"):
-        provider._check_subnets()
 
 
 @pytest.mark.skipif(shutil.which("ruby") is None, reason="needs ruby (comes with vagrant)")
