@@ -263,6 +263,8 @@ def benchmark(spec_file: Path, worker: str | None, tool: Path) -> tuple[list[Tar
         state.known_hosts, strict=isinstance(cluster.spec.provider, StaticProvider), control_dir=state.ssh_control_dir
     )
     ssh = Ssh({n.name: n for n in nodes}, prefix, options)
+    for node in nodes:
+        require_running(ssh, node)
     payload = bundle(tool)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = state.root / "reports" / f"kube-bench-{stamp}"
@@ -270,7 +272,6 @@ def benchmark(spec_file: Path, worker: str | None, tool: Path) -> tuple[list[Tar
     summaries: list[TargetSummary] = []
     for node in nodes:
         print(f"{node.name}: kube-bench {VERSION} {BENCHMARK} --targets {','.join(TARGETS[node.role])}", flush=True)
-        require_running(ssh, node)
         report = redact(run_on(ssh, node, payload))
         (out_dir / f"{node.name}.json").write_text(json.dumps(report, indent=2) + "\n")
         summaries += summarise(node.name, report, TARGETS[node.role])
