@@ -42,6 +42,15 @@ class Dirs:
 
 DIRS = Dirs()
 
+# The master's admin kubeconfigs, under kubeadm's names (the CIS checks look for these): the daily one and
+# the break-glass one (see ADMINS_GROUP).
+ADMIN_CONF = f"{DIRS.kube}/admin.conf"
+SUPER_ADMIN_CONF = f"{DIRS.kube}/super-admin.conf"
+
+# System users the playbooks create; reset removes them. etcd runs as its own user, owning its data dir
+# (CIS 1.1.12); its keys stay root's and reach it through systemd's credentials.
+SYSTEM_USERS = ("etcd",)
+
 # Single configuration files outside the directories above.
 CONTAINERD_SOCKET = f"{DIRS.containerd_run}/containerd.sock"
 CRICTL_CONFIG = "/etc/crictl.yaml"
@@ -208,6 +217,8 @@ def group_vars() -> dict[str, object]:
         "admins_group": ADMINS_GROUP,
         "apiserver_kubelet_client": APISERVER_KUBELET_CLIENT,
         "containerd_socket": CONTAINERD_SOCKET,
+        "admin_conf": ADMIN_CONF,
+        "super_admin_conf": SUPER_ADMIN_CONF,
         "crictl_config": CRICTL_CONFIG,
         "sysctl_config": SYSCTL_CONFIG,
         "modules_config": MODULES_CONFIG,
@@ -221,5 +232,6 @@ def group_vars() -> dict[str, object]:
             "units": [u.name for u in reversed(UNITS)],
             "files": sorted({a.target for a in ARTIFACTS if a.roles}),
             "paths": list(OWNED_PATHS),
+            "users": list(SYSTEM_USERS),
         },
     }

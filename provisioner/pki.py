@@ -383,10 +383,20 @@ def _ensure_encryption_config(directory: Path, result: PkiResult) -> None:
     """Secrets at rest in etcd are encrypted with this key (secretbox: XSalsa20-Poly1305, 32 random bytes),
     made once. Not aescbc: the Kubernetes encryption docs advise against it (padding-oracle prone)."""
     path = directory / "encryption-config.yaml"
-    if path.exists():
-        result.reused.append("encryption-config")
-        return
     secret = base64.b64encode(secrets.token_bytes(32)).decode()
+    if path.exists():
+        doc = yaml.safe_load(path.read_text())
+        providers = doc["resources"][0]["providers"]
+        if "secretbox" in providers[0]:
+            result.reused.append("encryption-config")
+            return
+        # A cluster made before secretbox: new writes use a secretbox key, and the old providers stay after
+        # it so what was written with them can still be read (the apiserver reloads this file by itself).
+        doc["resources"][0]["providers"] = [{"secretbox": {"keys": [{"name": "secretbox-1", "secret": secret}]}}]
+        doc["resources"][0]["providers"] += providers
+        _write(path, yaml.safe_dump(doc, sort_keys=False).encode(), 0o600)
+        result.issued.append("encryption-config")
+        return
     doc = {
         "apiVersion": "apiserver.config.k8s.io/v1",
         "kind": "EncryptionConfiguration",

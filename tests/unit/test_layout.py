@@ -88,6 +88,7 @@ def test_reset_removes_every_unit_and_file_site_yml_installs(tmp_path: Path) -> 
             "units": "reset_units",
             "files": "reset_files",
             "paths": "reset_paths",
+            "users": "reset_users",
             # what site.yml hands the node_files role on each group
             **{group: expr.strip("{} ") for group, expr in entries.items()},
         },
@@ -98,6 +99,7 @@ def test_reset_removes_every_unit_and_file_site_yml_installs(tmp_path: Path) -> 
     assert installed and installed <= set(resolved["files"])
     # every config file and directory the roles write outside those is under a path reset removes
     assert set(layout.OWNED_PATHS) <= set(resolved["paths"])
+    assert resolved["users"] == list(layout.SYSTEM_USERS)
     # the master gets no container engine, the workers no control plane
     master = {Path(t).name for _, t, _ in resolved["masters"]}
     worker = {Path(t).name for _, t, _ in resolved["workers"]}

@@ -128,3 +128,21 @@ def test_secrets_encryption_key_is_32_random_bytes_and_kept(cluster: spec.Cluste
     assert (other.pki_dir / "encryption-config.yaml").read_text() != (
         state.pki_dir / "encryption-config.yaml"
     ).read_text()
+
+
+def test_an_aescbc_config_of_an_older_cluster_gets_a_secretbox_key_first_and_keeps_its_own(
+    cluster: spec.Cluster, tmp_path: Path
+) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    path = state.pki_dir / "encryption-config.yaml"
+    old = {"aescbc": {"keys": [{"name": "key1", "secret": "b2xkIGtleQ=="}]}}
+    doc = yaml.safe_load(path.read_text())
+    doc["resources"][0]["providers"] = [old, {"identity": {}}]
+    path.write_text(yaml.safe_dump(doc))
+    pki.ensure(cluster, state)
+    providers = yaml.safe_load(path.read_text())["resources"][0]["providers"]
+    assert list(providers[0]) == ["secretbox"] and providers[1:] == [old, {"identity": {}}]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    before = path.read_bytes()
+    assert "encryption-config" in pki.ensure(cluster, state).reused and path.read_bytes() == before

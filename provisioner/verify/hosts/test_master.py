@@ -44,6 +44,19 @@ def test_listening(host: Host, unit: str) -> None:
     assert_listening(host, unit)
 
 
+def test_etcd_runs_unprivileged(host: Host) -> None:
+    """etcd runs as its own user, which owns the data dir and nothing else (its keys are root's, 0600)"""
+    user = layout.SYSTEM_USERS[0]
+    owner = host.check_output("stat -c %U /proc/$(systemctl show --property=MainPID --value etcd)")
+    assert owner == user, f"etcd runs as {owner}, not {user}"
+    data = host.file(layout.DIRS.etcd_data)
+    assert (data.user, data.group, data.mode) == (user, user, 0o700), (
+        f"{data.path} is {data.user}:{data.group} {data.mode:o}"
+    )
+    key = host.file(f"{PKI}/etcd-server.key")
+    assert (key.user, key.mode) == ("root", 0o600), f"{key.path} is {key.user} {key.mode:o}"
+
+
 def test_etcd_healthy(host: Host) -> None:
     """etcd answers `etcdctl endpoint health` over TLS with the apiserver's client certificate"""
     # Generous timeouts and three tries: an emulated master can take seconds to commit one proposal.
@@ -60,7 +73,7 @@ def test_apiserver_healthy(host: Host) -> None:
     """kube-apiserver /readyz answers ok on the master (through its local admin kubeconfig)"""
     # Three tries: on a busy emulated master one TLS handshake can exceed kubectl's fixed 10 s limit.
     for _ in range(3):
-        cmd = host.run(f"kubectl --kubeconfig={KUBE}/admin.kubeconfig --request-timeout=30s get --raw=/readyz")
+        cmd = host.run(f"kubectl --kubeconfig={layout.ADMIN_CONF} --request-timeout=30s get --raw=/readyz")
         if cmd.rc == 0 and cmd.stdout.strip() == "ok":
             return
     raise AssertionError((cmd.stdout + cmd.stderr).strip())
