@@ -35,6 +35,7 @@ class Dirs:
     cni_config_root: str = "/etc/cni"
     cni_config: str = "/etc/cni/net.d"
     cni_state: str = "/var/lib/cni"
+    logs: str = "/var/log/kubernetes"
     audit_log: str = "/var/log/kubernetes/audit"  # the apiserver's audit log
     provisioner: str = "/var/lib/provisioner"  # image archives waiting for import, the checksum cache
     images: str = "/var/lib/provisioner/images"
@@ -192,7 +193,7 @@ def unit(name: str) -> Unit:
 # Everything the playbooks write outside the installed files and units: `reset` removes it all.
 OWNED_PATHS = (
     DIRS.kube,
-    DIRS.audit_log,
+    DIRS.logs,
     DIRS.containerd_config,
     DIRS.cni_config_root,
     CRICTL_CONFIG,

@@ -6,19 +6,27 @@ from __future__ import annotations
 import pytest
 from labcluster import LabCluster
 
-from provisioner import lifecycle
+from provisioner import layout, lifecycle
 from provisioner.events import EventBus
 from provisioner.verify.kube import Ssh
 
 pytestmark = [pytest.mark.lab, pytest.mark.cluster]
 
+# What `up` installs, from the one table: every owned path, unit file, installed file and system user.
+_PATHS = [
+    *layout.OWNED_PATHS,
+    *(f"{layout.DIRS.units}/{u.name}.service" for u in layout.UNITS),
+    *sorted({a.target for a in layout.ARTIFACTS if a.roles}),
+]
+# The daemons the units run, and containerd's shims (the containers under them).
+_DAEMONS = "|".join(
+    sorted({u.binary.removeprefix("bin/") for u in layout.UNITS if u.binary} | {"containerd-shim-runc-v2"})
+)
 LEFTOVERS = (
-    "ls -d /etc/kubernetes /etc/containerd /etc/cni /opt/cni /var/lib/etcd /var/lib/kubelet /var/lib/containerd"
-    " /var/lib/provisioner /etc/systemd/system/kubelet.service /etc/systemd/system/etcd.service"
-    " /etc/systemd/system/pod-network.service /usr/local/bin/kubelet /usr/local/bin/kube-apiserver 2>/dev/null;"
+    f"ls -d {' '.join(_PATHS)} 2>/dev/null;"
+    f" for u in {' '.join(layout.SYSTEM_USERS)}; do getent passwd $u | sed 's/^/user /'; done;"
     # Full command lines ([/] keeps the probe's own shell from matching itself).
-    " pgrep -a -f '^[/]usr/local/bin/(etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy"
-    "|containerd|containerd-shim-runc-v2)( |$)' | sed 's/^/process /';"
+    f" pgrep -a -f '^[/]{layout.DIRS.bin.lstrip('/')}/({_DAEMONS})( |$)' | sed 's/^/process /';"
     " ip -o link show cni0 2>/dev/null | sed 's/^/link /';"
     " ip route show root {pod_subnet} | sed 's/^/route /';"
     " iptables-save | grep -E 'KUBE-SERVICES|CNI-|{pod_subnet}' | sed 's/^/rule /';"
