@@ -170,6 +170,13 @@ def probe_pod(name: str, image: str, privileged: bool) -> dict[str, Any]:
 def check_privileged_pod_refused(lab: Lab) -> str:
     """A namespace that sets no Pod Security level gets the cluster's default (baseline): no privileged pod."""
     with scratch_namespace(lab, "podsec") as ns:
+        # Admission wants the namespace's default ServiceAccount, which the controller-manager makes moments
+        # after the namespace (longer after an apiserver restart).
+        wait_for(
+            f"ServiceAccount default in {ns}",
+            lambda: lab.kubectl.run("get", "serviceaccount", "default", f"--namespace={ns}", "-o", "name"),
+            120,
+        )
         plain = probe_pod("plain", lab.agnhost_image, privileged=False)
         lab.kubectl.run("apply", "--dry-run=server", f"--namespace={ns}", "-f", "-", input=json.dumps(plain))
         refused = lab.kubectl.run(
