@@ -101,25 +101,15 @@ def cluster_certs(cluster: Cluster) -> list[CertSpec]:
         master.name,
         "localhost",
     )
+    # etcd's own CA signs exactly these three.
+    etcd = [
+        CertSpec(
+            name, master.name, server=True, client=True, dns=(master.name, "localhost"), ips=master_ips, ca="etcd-ca"
+        )
+        for name in ("etcd-server", "etcd-peer")
+    ]
     certs = [
-        CertSpec(
-            "etcd-server",
-            master.name,
-            server=True,
-            client=True,
-            dns=(master.name, "localhost"),
-            ips=master_ips,
-            ca="etcd-ca",
-        ),
-        CertSpec(
-            "etcd-peer",
-            master.name,
-            server=True,
-            client=True,
-            dns=(master.name, "localhost"),
-            ips=master_ips,
-            ca="etcd-ca",
-        ),
+        *etcd,
         CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True, ca="etcd-ca"),
         CertSpec(
             "apiserver",
