@@ -49,7 +49,7 @@ BENCHMARK = "cis-1.12"
 TARGETS = {"master": ("master", "etcd", "controlplane", "policies"), "worker": ("node",)}
 OVERLAY = paths.REPO_ROOT / "security" / "kube-bench" / "config.yaml"
 # The policies target asks the API with kubectl; site.yml installs this kubeconfig on masters only.
-ADMIN_KUBECONFIG = f"{layout.DIRS.kube}/admin.kubeconfig"
+ADMIN_KUBECONFIG = layout.ADMIN_CONF
 # Copying 16 MB into an emulated VM and running a few dozen kubectl calls there takes minutes.
 TIMEOUT = 1200.0
 
