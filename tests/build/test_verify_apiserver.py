@@ -17,16 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
-from provisioner import pki, spec
+from provisioner import layout, paths, pki, spec
 from provisioner.artifacts import build
 from provisioner.artifacts.layout import ArtifactSet
 from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
 from provisioner.kube import Kubectl, KubectlError
-from provisioner.layout import DIRS, PORTS
+from provisioner.layout import DIRS, ETCDCTL_TLS, PORTS
 from provisioner.paths import cache_root, default_spec
 from provisioner.state import State
 from provisioner.verify import cluster as checks
@@ -131,6 +132,12 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             kubectl.run("get", "--raw=/readyz", timeout=20)
 
         wait_for("the loopback kube-apiserver to answer /readyz", ready, 180)
+        # As the addons phase does: the rbac role's bindings, applied with the break-glass credential, are
+        # what gives the daily admin credential its rights.
+        super_admin = _local_kubeconfig(p / "kubeconfigs" / "super-admin-local.kubeconfig", tmp, api_port)
+        rbac = (paths.REPO_ROOT / "playbooks" / "roles" / "rbac" / "templates" / "rbac.yaml.j2").read_text()
+        manifest = jinja2.Template(rbac).render(layout=layout.group_vars(), ansible_managed="test")
+        Kubectl(aset.bin / "kubectl", super_admin).run("apply", "-f", "-", input=manifest)
         # The namespace controller finishes namespace deletion: without it no check could clean up.
         controller_manager = _start(
             [
@@ -218,9 +225,8 @@ def test_an_unencrypted_secret_would_be_caught(control_plane: ControlPlane) -> N
     key = "/registry/secrets/default/plain"
     lab.ssh.run(
         "master",
-        f"etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/ca.crt "
-        f"--cert=/etc/kubernetes/pki/apiserver-etcd-client.crt "
-        f"--key=/etc/kubernetes/pki/apiserver-etcd-client.key put {key} verify-plaintext-0123456789abcdef",
+        f"etcdctl --endpoints=https://127.0.0.1:{PORTS['etcd_client']} {ETCDCTL_TLS}"
+        f" put {key} verify-plaintext-0123456789abcdef",
     )
     with pytest.raises(CheckFailed) as err:
         checks.judge_stored_secret(key, checks.etcd_get(lab, key), "verify-plaintext-0123456789abcdef")
