@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from pathlib import Path
 from typing import Annotated
@@ -10,9 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from provisioner import hosts, paths, providers, scaling, spec
+from provisioner import hosts, providers, scaling, spec
 from provisioner.cli import artifacts, box, cluster, drift, verify
-from provisioner.cli.render import cli_bus, console, fail_cleanly, out
+from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.errors import MachineError, SpecError
 from provisioner.events import EventBus
 from provisioner.state import State
@@ -23,8 +24,25 @@ app = typer.Typer(
     help="One YAML cluster spec to a verified Kubernetes cluster on Vagrant VMs or bare-metal hosts.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # tokens and keys must never reach a log
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"provisioner {importlib.metadata.version('provisioner')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """One YAML cluster spec to a verified Kubernetes cluster on Vagrant VMs or bare-metal hosts."""
+
 
 SpecOption = Annotated[
     Path | None,
@@ -34,7 +52,7 @@ SpecOption = Annotated[
 
 def load_spec(path: Path | None) -> spec.Cluster:
     try:
-        return spec.load(path or paths.default_spec())
+        return spec.load(spec_path(path))
     except SpecError as exc:
         # Printed as text, not markup: a spec's values may look like markup ('[/]' would crash the print).
         console.print(f"[bold red]error:[/bold red] {escape(exc.message())}", soft_wrap=True)
@@ -48,9 +66,10 @@ def validate(spec_file: SpecOption = None) -> None:
     Supported Kubernetes versions are listed in provisioner/versions.py.
     """
     with fail_cleanly():
-        cluster = load_spec(spec_file)
+        path = spec_path(spec_file)
+        cluster = load_spec(path)
         out.print(
-            f"ok: {spec_file or paths.default_spec()}: cluster {cluster.name!r}, "
+            f"ok: {path}: cluster {cluster.name!r}, "
             f"{len(cluster.masters)} master(s), {len(cluster.workers)} worker(s), "
             f"Kubernetes {cluster.spec.kubernetes.version}, provider {cluster.spec.provider.type}",
             markup=False,  # the path is the user's: a folder named [old] must print as it is
@@ -117,7 +136,7 @@ def scale(
     """
     bus, renderer = cli_bus()
     with fail_cleanly(renderer):
-        path = spec_file or paths.default_spec()
+        path = spec_path(spec_file)
         result = scaling.scale(path, workers, bus)
         renderer.summary()
         if result.plan.empty:

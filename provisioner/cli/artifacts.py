@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from provisioner import artifacts, paths, spec
+from provisioner import artifacts, spec
 from provisioner.artifacts import build as build_mod
 from provisioner.artifacts import fetch as fetch_mod
 from provisioner.artifacts import mirror as mirror_mod
-from provisioner.cli.render import cli_bus, fail_cleanly, out
+from provisioner.cli.render import cli_bus, fail_cleanly, out, spec_path
 from provisioner.errors import ArtifactError
 
 app = typer.Typer(
@@ -34,7 +34,7 @@ CacheOption = Annotated[
 
 
 def _load(spec_file: Path | None) -> spec.Cluster:
-    return spec.load(spec_file or paths.default_spec())
+    return spec.load(spec_path(spec_file))
 
 
 @app.command()

@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from provisioner import lifecycle, paths, spec
-from provisioner.cli.render import cli_bus, console, fail_cleanly, out
+from provisioner import lifecycle, spec
+from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.state import State
 
 SpecOption = Annotated[
@@ -46,7 +46,7 @@ def up(
     """Create the machines, push the artifacts and converge the cluster (idempotent; re-run to resume)."""
     bus, renderer = cli_bus()
     with fail_cleanly(renderer):
-        cluster = spec.load(spec_file or paths.default_spec())
+        cluster = spec.load(spec_path(spec_file))
         state = State.for_cluster(cluster.name)
         result = lifecycle.up(
             cluster,
@@ -69,11 +69,18 @@ def up(
     out.print(f"reach the cluster with:\n  {result.kubectl_hint()}")
 
 
-def destroy(spec_file: SpecOption = None, merge_kubeconfig: MergeOption = False) -> None:
+def destroy(
+    spec_file: SpecOption = None,
+    merge_kubeconfig: MergeOption = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
     """Remove the machines and the cluster's PKI and kubeconfig; caches and run logs stay."""
     bus, renderer = cli_bus()
     with fail_cleanly(renderer):
-        cluster = spec.load(spec_file or paths.default_spec())
+        cluster = spec.load(spec_path(spec_file))
+        what = "its machines" if isinstance(cluster.spec.provider, spec.VagrantProvider) else "nothing on its hosts"
+        if not yes and not typer.confirm(f"destroy cluster {cluster.name}: {what}, its PKI and kubeconfig?"):
+            raise typer.Exit(1)
         lifecycle.destroy(
             cluster,
             State.for_cluster(cluster.name),
@@ -90,7 +97,7 @@ def reset(
     """Remove from every node what `up` installed; the machines and the cluster's PKI stay."""
     bus, renderer = cli_bus()
     with fail_cleanly(renderer):
-        cluster = spec.load(spec_file or paths.default_spec())
+        cluster = spec.load(spec_path(spec_file))
         names = ", ".join(n.name for n in cluster.spec.nodes)
         if not yes and not typer.confirm(f"reset {names}: stop and remove Kubernetes, etcd and containerd?"):
             raise typer.Exit(1)

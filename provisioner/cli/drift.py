@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from provisioner import artifacts, paths, spec
-from provisioner.cli.render import console, out
+from provisioner import artifacts, spec
+from provisioner.cli.render import console, out, spec_path
 from provisioner.drift import drift as find_drift
 from provisioner.drift import load_manifests
 from provisioner.errors import ProvisionerError, ToolMissing
@@ -37,7 +37,7 @@ def drift(
     """Exit 0 when every object matches its file, 1 when anything drifted or is missing, 2 on an error."""
     try:
         load_manifests(manifests)  # a bad folder is reported before anything talks to the cluster
-        cluster = spec.load(spec_file or paths.default_spec())
+        cluster = spec.load(spec_path(spec_file))
         state = State.for_cluster(cluster.name)
         kubectl_bin = artifacts.artifact_set(cluster).bin / "kubectl"
         if not kubectl_bin.is_file():

@@ -9,12 +9,14 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from provisioner import paths
 from provisioner.errors import ProvisionerError
 from provisioner.events import (
     Event,
@@ -28,6 +30,18 @@ from provisioner.events import (
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
+
+
+def spec_path(option: Path | None) -> Path:
+    """The spec a verb works on: --spec, else the default lab's, which is named aloud when the user is not
+    in this repository (where `inventories/lab/cluster.yaml` would be the obvious guess)."""
+    if option is not None:
+        return option
+    cwd = Path.cwd().resolve()
+    if cwd != paths.REPO_ROOT and paths.REPO_ROOT not in cwd.parents:
+        console.print(f"spec: {paths.default_spec()} (the default lab; pass --spec FILE for another)")
+    return paths.default_spec()
+
 
 STATUS_STYLE = {
     "ok": "green",

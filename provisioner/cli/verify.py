@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from provisioner import paths, spec
-from provisioner.cli.render import cli_bus, fail_cleanly, out
+from provisioner import spec
+from provisioner.cli.render import cli_bus, fail_cleanly, out, spec_path
 from provisioner.errors import VerifyError
 from provisioner.state import State
 from provisioner.verify import check_ids, run
@@ -58,7 +58,7 @@ def verify(
     """Run every check (or --only some), print the table, exit 1 when any check failed."""
     bus, renderer = cli_bus()
     with fail_cleanly(renderer):
-        cluster = spec.load(spec_file or paths.default_spec())
+        cluster = spec.load(spec_path(spec_file))
         report = run(cluster, State.for_cluster(cluster.name), bus, select=only)
         out.print(table(report))
         if report_file is not None:
