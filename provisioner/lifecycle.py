@@ -62,11 +62,6 @@ class UpResult:
     def run_dir(self) -> Path:
         return self.run.run_dir
 
-    @property
-    def client(self) -> Kubectl:
-        """The cluster's kubectl, as the admin machine reaches it."""
-        return Kubectl(self.kubectl, self.kubeconfig, self.prefix)
-
     def kubectl_hint(self) -> str:
         """The command a person types to reach the cluster from the admin machine."""
         return " ".join([*self.prefix, str(self.kubectl), "--kubeconfig", str(self.kubeconfig), "get", "nodes"])

@@ -142,3 +142,32 @@ def test_the_privileged_probe_pod_differs_from_the_plain_one_only_in_privilege()
     assert privileged["spec"]["containers"][0]["securityContext"] == {"privileged": True}
     privileged["spec"]["containers"][0].pop("securityContext")
     assert privileged == plain
+
+
+def test_the_anonymous_probe_reads_the_status_a_request_without_credentials_gets() -> None:
+    """Through the one probe script, against a loopback server: 401 and 200 are told apart, a refusal is named."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401 if self.path == "/secrets" else 200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert security._anonymous_status([], f"{base}/secrets") == 401
+        assert security._anonymous_status([], f"{base}/version") == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert "Connection refused" in str(security._anonymous_status([], f"http://127.0.0.1:{closed}/"))
