@@ -22,6 +22,7 @@ and nothing else of root's home (no PKI, no SSH keys, no kubeconfig).
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import shlex
 import shutil
@@ -39,6 +40,7 @@ DAEMONS = ("virtlogd", "libvirtd")  # start order; libvirtd connects to virtlogd
 NETNS_DIR = Path("/run/netns")
 QEMU_USER = "libvirt-qemu"
 RUNTIME_ROOT = Path("/run/provisioner")
+KVM_DEVICE = Path("/dev/kvm")
 # Bound over the system paths inside the daemons' mount namespace: (system path, lab subdirectory).
 PRIVATE_DIRS = (
     ("/etc/libvirt", "etc"),
@@ -157,6 +159,7 @@ class LabNamespace:
         # /run/libvirt), so a half-running pair is stopped and started again together.
         self.stop_daemons()
         _ensure_qemu_user()
+        _ensure_kvm_access()
         self._write_config()
         # The mount points may not exist yet on a machine where libvirtd never ran; empty dirs are harmless.
         binds = " && ".join(
@@ -294,6 +297,35 @@ def _ensure_qemu_user() -> None:
             f"libvirtd needs it and it could not be created: {proc.stderr.strip()}",
             "apt-get install libvirt-daemon-system, or create it: useradd --system --user-group libvirt-qemu",
         )
+
+
+def _ensure_kvm_access() -> None:
+    """/dev/kvm as udev leaves it on a Debian host: group kvm, read-write for it, QEMU's user a member.
+
+    libvirt checks whether QEMU's user may open /dev/kvm and compares that with what its capability
+    probe found. On a host where no udev ever ran (ours: /dev/kvm root-only), the two disagree and libvirt
+    probes QEMU again on every call, which made each `vagrant up` step take minutes. Where udev runs this
+    changes nothing. The lab's VMs use KVM only where the accelerator probe chose it.
+    """
+    if not KVM_DEVICE.exists():
+        return
+    try:
+        members = grp.getgrnam("kvm").gr_mem
+    except KeyError:
+        _must(["groupadd", "--system", "kvm"])
+        members = []
+    if QEMU_USER not in members:
+        _must(["usermod", "--append", "--groups", "kvm", QEMU_USER])
+    info = KVM_DEVICE.stat()
+    if info.st_gid == 0 and not info.st_mode & 0o060:
+        os.chown(KVM_DEVICE, -1, grp.getgrnam("kvm").gr_gid)
+        KVM_DEVICE.chmod(0o660)
+
+
+def _must(command: list[str]) -> None:
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise MachineError(" ".join(command), proc.stderr.strip() or f"exit {proc.returncode}")
 
 
 def list_namespaces() -> list[str]:
