@@ -18,6 +18,7 @@ tests/unit/data). What the simulation holds to, as the real components do:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +31,12 @@ import yaml
 
 from provisioner import encryption
 from provisioner.kube import KubectlError
+
+
+@functools.cache
+def _secretbox_keys(config: bytes) -> list[dict[str, str]]:
+    keys: list[dict[str, str]] = yaml.safe_load(config)["resources"][0]["providers"][0]["secretbox"]["keys"]
+    return keys
 
 
 class Interrupted(Exception):
@@ -184,9 +191,7 @@ class SimCluster:
         return self.masters[self.turn % len(self.masters)]
 
     def _keys(self, master: str) -> list[dict[str, str]]:
-        doc = yaml.safe_load(self.running[master])
-        keys: list[dict[str, str]] = doc["resources"][0]["providers"][0]["secretbox"]["keys"]
-        return keys
+        return _secretbox_keys(self.running[master])
 
     def _readable(self, master: str, path: str) -> bool:
         st = self.store[path]
