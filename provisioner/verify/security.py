@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import base64
 import json
+import pwd
 import re
 import secrets
 import shlex
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from provisioner import encryption, layout
+from provisioner.providers import netns
+from provisioner.providers.vagrant import VagrantLab
 from provisioner.verify import probe
 from provisioner.verify.kube import CheckFailed, NotYet, wait_for
-from provisioner.verify.lab import ClusterCheck, Lab, agnhost_deployment, scratch_namespace
+from provisioner.verify.lab import ClusterCheck, Lab, Skip, agnhost_deployment, scratch_namespace
 
 # Runs on the master with the worker's certificate and key on stdin (never on a command line, which a
 # failure would print): a TLS handshake and GET /version on each port, once per identity.
@@ -232,6 +236,29 @@ def check_secrets_current_key(lab: Lab) -> str:
     return judge_current_key(current, encryption.stored_under(listing.stdout))
 
 
+def check_qemu_unprivileged(lab: Lab) -> str:
+    """Every lab VM's QEMU runs as libvirt-qemu (not root) under seccomp, and sees none of root's files."""
+    provider = lab.provider
+    if not isinstance(provider, VagrantLab) or not provider.isolated:
+        raise Skip("no lab VMs on this machine (static hosts, or a system libvirtd's own settings)")
+    uid = pwd.getpwnam(netns.QEMU_USER).pw_uid
+    found = netns.qemu_processes(provider.names["prefix"])
+    missing = sorted(f"{provider.names['prefix']}{n.name}" for n in lab.cluster.spec.nodes) - found.keys()
+    problems = [f"no QEMU process for {name}" for name in sorted(missing)]
+    for name, proc in sorted(found.items()):
+        if proc.uid != uid:
+            problems.append(f"{name} (pid {proc.pid}) runs as uid {proc.uid}, not {netns.QEMU_USER} ({uid})")
+        if proc.seccomp != 2:
+            problems.append(f"{name} (pid {proc.pid}) has no seccomp filter (Seccomp: {proc.seccomp})")
+        # What QEMU would see of the cluster's keys, through its own mount namespace.
+        seen = Path(f"/proc/{proc.pid}/root") / provider.state.pki_dir.relative_to("/")
+        if seen.exists():
+            problems.append(f"{name} (pid {proc.pid}) can see {provider.state.pki_dir}")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    return f"{len(found)} QEMU process(es) as {netns.QEMU_USER} (uid {uid}), seccomp filter on, PKI not visible"
+
+
 GROUP = [
     ClusterCheck(
         "anonymous-refused",
@@ -244,6 +271,11 @@ GROUP = [
         check_privileged_pod_refused,
     ),
     ClusterCheck("audit-logged", "a request made now is recorded in the apiserver's audit log", check_audit_logged),
+    ClusterCheck(
+        "qemu-unprivileged",
+        "each lab VM's QEMU runs as an unprivileged user under a seccomp filter and cannot see the cluster's keys",
+        check_qemu_unprivileged,
+    ),
     ClusterCheck(
         "etcd-refuses-workers",
         "a worker's kubelet certificate is refused on etcd's client and peer ports (etcd's own are accepted), "
