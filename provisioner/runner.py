@@ -250,8 +250,11 @@ def run_playbook(
     strategy_name: str | None = None,
     host_key_checking: bool = False,
     name: str = "up",
+    rerun: str = "provisioner up",
 ) -> RunResult:
-    """Run a playbook against the cluster's inventory; raise PlaybookError naming host and task on failure."""
+    """Run a playbook against the cluster's inventory; raise PlaybookError naming host and task on failure.
+
+    `rerun` is the command a failure tells the user to run again once the cause is fixed."""
     import ansible_runner  # heavy import, only when a run happens
 
     chosen = strategy(strategy_name)
@@ -310,7 +313,7 @@ def run_playbook(
         translator.close(ok=not failed)
     result = RunResult(run_dir, chosen, seconds, hosts, translator.phases)
     if failed:
-        raise _error(result, translator.failures, str(runner.status), runner.rc)
+        raise _error(result, translator.failures, str(runner.status), runner.rc, rerun)
     return result
 
 
@@ -330,9 +333,11 @@ def _host_stats(stats: Mapping[str, Mapping[str, int]]) -> dict[str, HostStats]:
     return hosts
 
 
-def _error(result: RunResult, failures: list[_Failure], status: str, rc: int | None) -> PlaybookError:
+def _error(
+    result: RunResult, failures: list[_Failure], status: str, rc: int | None, rerun: str = "provisioner up"
+) -> PlaybookError:
     log = result.stdout
-    fix = f"the run's full log is {log}; fix the cause and run `provisioner up` again (it picks up where it stopped)"
+    fix = f"the run's full log is {log}; fix the cause and run `{rerun}` again (it picks up where it stopped)"
     # A failure inside a block that was rescued is not final; the rescue's own failure comes last.
     final = [
         f

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from provisioner import hosts, providers, scaling, spec
-from provisioner.cli import access, artifacts, box, cluster, drift, verify
+from provisioner.cli import access, artifacts, box, cluster, drift, secrets, verify
 from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.errors import MachineError, SpecError
 from provisioner.events import EventBus
@@ -89,6 +89,7 @@ app.command(
 )(access.kubectl)
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(box.app, name="box")
+app.add_typer(secrets.app, name="secrets")
 
 
 @app.command()

@@ -5,6 +5,9 @@ etcd trusts only its own CA, and listens on the master's loopback only, so that 
 etcd's client port nor its peer port, and a worker cannot even connect to them. The check presents the
 worker's own certificate (read from the worker) on the master, next to etcd's own certificates as the
 control that the probe itself works.
+
+`secrets-current-key`: every Secret in etcd is stored under the first key of the encryption config the
+master's apiserver reads, so no Secret still depends on a key a rotation (or a person) meant to retire.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from provisioner import layout
+from provisioner import encryption, layout
 from provisioner.providers import netns
 from provisioner.providers.vagrant import VagrantLab
 from provisioner.verify import probe
@@ -210,6 +213,29 @@ def check_audit_logged(lab: Lab) -> str:
     return f"GET namespace {marker} recorded in {AUDIT_LOG} on {lab.master.name} ({count} line(s))"
 
 
+def judge_current_key(current: str, stored: dict[str, str]) -> str:
+    """Every Secret etcd holds is under `current` (encryption.envelope's terms, e.g. "secretbox:key1")."""
+    others = {name: how for name, how in stored.items() if how != current}
+    if others:
+        raise CheckFailed(
+            f"{len(others)} of {len(stored)} Secret(s) in etcd are not under the config's first key {current}: "
+            f"{encryption.describe(others)}; `provisioner secrets rotate-key` writes every Secret again"
+        )
+    if not stored:
+        return f"etcd holds no Secret yet; a new one goes under {current}"
+    return f"all {len(stored)} Secret(s) in etcd are stored under {current}, the config's first key"
+
+
+def check_secrets_current_key(lab: Lab) -> str:
+    master = lab.master.name
+    source = f"{master}:{layout.ENCRYPTION_CONFIG}"
+    # Parsed here, never shown: the file holds the keys.
+    config = encryption.parse_config(lab.ssh.run(master, f"cat {layout.ENCRYPTION_CONFIG}").stdout, source)
+    current = encryption.current_envelope(config, source)
+    listing = lab.ssh.run(master, encryption.etcdctl_get(encryption.SECRETS_PREFIX, prefix=True), timeout=120)
+    return judge_current_key(current, encryption.stored_under(listing.stdout))
+
+
 def check_qemu_unprivileged(lab: Lab) -> str:
     """Every lab VM's QEMU runs as libvirt-qemu (not root) under seccomp, and sees none of root's files."""
     provider = lab.provider
@@ -255,5 +281,11 @@ GROUP = [
         "a worker's kubelet certificate is refused on etcd's client and peer ports (etcd's own are accepted), "
         "and no worker connects to either",
         check_etcd_refuses_workers,
+    ),
+    ClusterCheck(
+        "secrets-current-key",
+        "every Secret in etcd is stored under the encryption config's first (current) key, "
+        "none under an older key or in plain text",
+        check_secrets_current_key,
     ),
 ]
