@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_verify_apiserver import LocalShell, _free_port, _local_kubeconfig, _start
+from test_verify_apiserver import LocalShell, etcd_and_apiserver
 
 from provisioner import encryption, layout, pki, spec
 from provisioner.artifacts.layout import ArtifactSet
@@ -28,7 +28,7 @@ from provisioner.kube import Kubectl
 from provisioner.paths import default_spec
 from provisioner.state import State
 from provisioner.verify import security
-from provisioner.verify.kube import CheckFailed, wait_for
+from provisioner.verify.kube import CheckFailed
 
 pytestmark = pytest.mark.build
 
@@ -72,69 +72,17 @@ def loopback(built: ArtifactSet, tmp_path_factory: pytest.TempPathFactory) -> It
     installed = tmp_path / "master" / "encryption-config.yaml"
     installed.parent.mkdir()
     write_atomic(installed, encryption.config_path(p).read_bytes(), 0o600)
-    etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
-    etcd = _start(
-        [
-            str(built.bin / "etcd"),
-            f"--data-dir={tmp_path / 'etcd'}",
-            f"--listen-client-urls=https://127.0.0.1:{etcd_port}",
-            f"--advertise-client-urls=https://127.0.0.1:{etcd_port}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
-            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
-            f"--cert-file={p / 'etcd-server.crt'}",
-            f"--key-file={p / 'etcd-server.key'}",
-            "--client-cert-auth=true",
-            f"--trusted-ca-file={p / 'etcd-ca.crt'}",
-        ],
-        tmp_path / "etcd.log",
-    )
-    apiserver = _start(
-        [
-            str(built.bin / "kube-apiserver"),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",
-            f"--secure-port={api_port}",
-            "--anonymous-auth=false",
-            "--authorization-mode=RBAC",
-            f"--client-ca-file={p / 'ca.crt'}",
-            f"--tls-cert-file={p / 'apiserver.crt'}",
-            f"--tls-private-key-file={p / 'apiserver.key'}",
-            f"--etcd-servers=https://127.0.0.1:{etcd_port}",
-            f"--etcd-cafile={p / 'etcd-ca.crt'}",
-            f"--etcd-certfile={p / 'apiserver-etcd-client.crt'}",
-            f"--etcd-keyfile={p / 'apiserver-etcd-client.key'}",
-            f"--encryption-provider-config={installed}",
-            "--encryption-provider-config-automatic-reload=true",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={p / 'sa.pub'}",
-            f"--service-account-signing-key-file={p / 'sa.key'}",
-            "--service-cluster-ip-range=10.96.0.0/12",
-        ],
-        tmp_path / "apiserver.log",
-    )
+    # As on the master: the apiserver re-reads its encryption config by itself.
+    reload = [f"--encryption-provider-config={installed}", "--encryption-provider-config-automatic-reload=true"]
     # Break-glass credential: this apiserver has no RBAC bindings for the daily admin.
-    kubeconfig = _local_kubeconfig(p / "kubeconfigs" / "super-admin-local.kubeconfig", tmp_path, api_port)
-    kubectl = Kubectl(built.bin / "kubectl", kubeconfig)
-    try:
-
-        def ready() -> None:
-            if etcd.poll() is not None or apiserver.poll() is not None:
-                raise CheckFailed(f"etcd or kube-apiserver exited; logs in {tmp_path}")
-            kubectl.run("get", "--raw=/readyz", timeout=20)
-
-        wait_for("the loopback kube-apiserver to answer /readyz", ready, 180)
+    with etcd_and_apiserver(built.bin, p, tmp_path, "super-admin-local", reload) as running:
+        kubectl, kubeconfig, etcd_port = running.kubectl, running.kubeconfig, running.etcd_port
         master = HostConnection("master", "master", "127.0.0.1", "127.0.0.1", 22, "root", Path("/nonexistent"))
         shell = MasterShell(
             {"master": master}, pki_dir=p, bin_dir=built.bin, etcd_port=etcd_port, admin_conf=kubeconfig
         )
         remote = LoopbackCluster(kubectl, shell, encryption.config_path(p), installed)
         yield Loopback(remote, kubectl, p, installed)
-    finally:
-        for proc in (apiserver, etcd):
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def _stored(lab: Loopback) -> dict[str, str]:

@@ -13,7 +13,8 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,20 +69,28 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-@pytest.fixture(scope="module")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    cluster = spec.load(default_spec())
-    version = cluster.spec.kubernetes.version
-    aset = ArtifactSet(cache_root() / "artifacts" / version, version)
-    build.build(aset, EventBus())
-    tmp = tmp_path_factory.mktemp("apiserver")
-    state = State(tmp / "state")
-    pki.ensure(cluster, state)
-    p = state.pki_dir
-    etcd_port, peer_port, api_port, cm_port = _free_port(), _free_port(), _free_port(), _free_port()
+@dataclass(frozen=True)
+class Loopback:
+    """etcd and kube-apiserver from the artifact set, running on this machine's loopback."""
+
+    etcd_port: int
+    api_port: int
+    kubectl: Kubectl  # with the kubeconfig it was asked for, pointed at the loopback apiserver
+    kubeconfig: Path
+
+
+@contextmanager
+def etcd_and_apiserver(
+    bin_dir: Path, pki_dir: Path, tmp: Path, kubeconfig: str, encryption_flags: Sequence[str]
+) -> Iterator[Loopback]:
+    """Start them with the project's PKI, wait for /readyz (through the kubeconfig named `kubeconfig` of
+    the PKI directory), and stop them afterwards. `encryption_flags` say where the apiserver reads its
+    encryption config and how."""
+    p = pki_dir
+    etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
     etcd = _start(
         [
-            str(aset.bin / "etcd"),
+            str(bin_dir / "etcd"),
             f"--data-dir={tmp / 'etcd'}",
             f"--listen-client-urls=https://127.0.0.1:{etcd_port}",
             f"--advertise-client-urls=https://127.0.0.1:{etcd_port}",
@@ -97,7 +106,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     )
     apiserver = _start(
         [
-            str(aset.bin / "kube-apiserver"),
+            str(bin_dir / "kube-apiserver"),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             # The kubernetes Service endpoint may not be a loopback address; nothing here needs it.
@@ -112,7 +121,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             f"--etcd-cafile={p / 'etcd-ca.crt'}",
             f"--etcd-certfile={p / 'apiserver-etcd-client.crt'}",
             f"--etcd-keyfile={p / 'apiserver-etcd-client.key'}",
-            f"--encryption-provider-config={p / 'encryption-config.yaml'}",
+            *encryption_flags,
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={p / 'sa.pub'}",
             f"--service-account-signing-key-file={p / 'sa.key'}",
@@ -120,11 +129,9 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         ],
         tmp / "apiserver.log",
     )
-    kubeconfig_file = _local_kubeconfig(p / "kubeconfigs" / "admin-local.kubeconfig", tmp, api_port)
-    cm_kubeconfig = _local_kubeconfig(p / "kubeconfigs" / "controller-manager.kubeconfig", tmp, api_port)
-    kubectl = Kubectl(aset.bin / "kubectl", kubeconfig_file)
-    controller_manager: subprocess.Popen[bytes] | None = None
     try:
+        local = _local_kubeconfig(p / "kubeconfigs" / f"{kubeconfig}.kubeconfig", tmp, api_port)
+        kubectl = Kubectl(bin_dir / "kubectl", local)
 
         def ready() -> None:
             if etcd.poll() is not None or apiserver.poll() is not None:
@@ -132,52 +139,77 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             kubectl.run("get", "--raw=/readyz", timeout=20)
 
         wait_for("the loopback kube-apiserver to answer /readyz", ready, 180)
-        # As the addons phase does: the rbac role's bindings, applied with the break-glass credential, are
-        # what gives the daily admin credential its rights.
-        super_admin = _local_kubeconfig(p / "kubeconfigs" / "super-admin-local.kubeconfig", tmp, api_port)
-        rbac = (paths.REPO_ROOT / "playbooks" / "roles" / "rbac" / "templates" / "rbac.yaml.j2").read_text()
-        manifest = jinja2.Template(rbac).render(layout=layout.group_vars(), ansible_managed="test")
-        Kubectl(aset.bin / "kubectl", super_admin).run("apply", "-f", "-", input=manifest)
-        # The namespace controller finishes namespace deletion: without it no check could clean up.
-        controller_manager = _start(
-            [
-                str(aset.bin / "kube-controller-manager"),
-                "--bind-address=127.0.0.1",
-                f"--secure-port={cm_port}",
-                f"--kubeconfig={cm_kubeconfig}",
-                f"--authentication-kubeconfig={cm_kubeconfig}",
-                f"--authorization-kubeconfig={cm_kubeconfig}",
-                "--leader-elect=false",
-                # As on the lab's master: each controller acts with its own service account's rights.
-                "--use-service-account-credentials=true",
-                f"--service-account-private-key-file={p / 'sa.key'}",
-                f"--root-ca-file={p / 'ca.crt'}",
-                "--controllers=namespace,deployment,replicaset,garbagecollector,serviceaccount",
-            ],
-            tmp / "controller-manager.log",
-        )
-
-        def cm_healthy() -> None:
-            assert controller_manager is not None
-            if controller_manager.poll() is not None:
-                raise CheckFailed(f"kube-controller-manager exited; log in {tmp}")
-            context = ssl._create_unverified_context()
-            try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{cm_port}/healthz", context=context, timeout=5) as r:
-                    r.read()
-            except OSError as exc:
-                raise NotYet(str(exc)) from None
-
-        wait_for("the loopback kube-controller-manager to answer /healthz", cm_healthy, 120)
-        master = HostConnection("master", "master", "127.0.0.1", "127.0.0.1", 22, "root", Path("/nonexistent"))
-        shell = LocalShell({"master": master}, pki_dir=p, bin_dir=aset.bin, etcd_port=etcd_port)
-        image = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
-        yield ControlPlane(Lab(cluster, kubectl, shell, [], image), kubectl, etcd_port)
+        yield Loopback(etcd_port, api_port, kubectl, local)
     finally:
-        for proc in (controller_manager, apiserver, etcd):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        for proc in (apiserver, etcd):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    cluster = spec.load(default_spec())
+    version = cluster.spec.kubernetes.version
+    aset = ArtifactSet(cache_root() / "artifacts" / version, version)
+    build.build(aset, EventBus())
+    tmp = tmp_path_factory.mktemp("apiserver")
+    state = State(tmp / "state")
+    pki.ensure(cluster, state)
+    p = state.pki_dir
+    cm_port = _free_port()
+    encryption = [f"--encryption-provider-config={p / 'encryption-config.yaml'}"]
+    with etcd_and_apiserver(aset.bin, p, tmp, "admin-local", encryption) as loopback:
+        api_port, etcd_port, kubectl = loopback.api_port, loopback.etcd_port, loopback.kubectl
+        cm_kubeconfig = _local_kubeconfig(p / "kubeconfigs" / "controller-manager.kubeconfig", tmp, api_port)
+        controller_manager: subprocess.Popen[bytes] | None = None
+        try:
+            # As the addons phase does: the rbac role's bindings, applied with the break-glass credential, are
+            # what gives the daily admin credential its rights.
+            super_admin = _local_kubeconfig(p / "kubeconfigs" / "super-admin-local.kubeconfig", tmp, api_port)
+            rbac = (paths.REPO_ROOT / "playbooks" / "roles" / "rbac" / "templates" / "rbac.yaml.j2").read_text()
+            manifest = jinja2.Template(rbac).render(layout=layout.group_vars(), ansible_managed="test")
+            Kubectl(aset.bin / "kubectl", super_admin).run("apply", "-f", "-", input=manifest)
+            # The namespace controller finishes namespace deletion: without it no check could clean up.
+            controller_manager = _start(
+                [
+                    str(aset.bin / "kube-controller-manager"),
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={cm_port}",
+                    f"--kubeconfig={cm_kubeconfig}",
+                    f"--authentication-kubeconfig={cm_kubeconfig}",
+                    f"--authorization-kubeconfig={cm_kubeconfig}",
+                    "--leader-elect=false",
+                    # As on the lab's master: each controller acts with its own service account's rights.
+                    "--use-service-account-credentials=true",
+                    f"--service-account-private-key-file={p / 'sa.key'}",
+                    f"--root-ca-file={p / 'ca.crt'}",
+                    "--controllers=namespace,deployment,replicaset,garbagecollector,serviceaccount",
+                ],
+                tmp / "controller-manager.log",
+            )
+
+            def cm_healthy() -> None:
+                assert controller_manager is not None
+                if controller_manager.poll() is not None:
+                    raise CheckFailed(f"kube-controller-manager exited; log in {tmp}")
+                context = ssl._create_unverified_context()
+                try:
+                    with urllib.request.urlopen(
+                        f"https://127.0.0.1:{cm_port}/healthz", context=context, timeout=5
+                    ) as r:
+                        r.read()
+                except OSError as exc:
+                    raise NotYet(str(exc)) from None
+
+            wait_for("the loopback kube-controller-manager to answer /healthz", cm_healthy, 120)
+            master = HostConnection("master", "master", "127.0.0.1", "127.0.0.1", 22, "root", Path("/nonexistent"))
+            shell = LocalShell({"master": master}, pki_dir=p, bin_dir=aset.bin, etcd_port=etcd_port)
+            image = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+            yield ControlPlane(Lab(cluster, kubectl, shell, [], image), kubectl, etcd_port)
+        finally:
+            if controller_manager is not None:
+                controller_manager.terminate()
+                controller_manager.wait(timeout=30)
 
 
 def _local_kubeconfig(source: Path, tmp: Path, port: int) -> Path:
