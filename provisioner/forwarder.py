@@ -69,8 +69,7 @@ def running(state: State) -> Forwarder | None:
 def ensure(state: State, prefix: list[str], target: str) -> Forwarder:
     """A forwarder to `target` for this cluster: the running one if it still fits, else a new one."""
     current = running(state)
-    fits = current is not None and current.target == target and current.prefix == tuple(prefix)
-    if fits and current is not None and _accepts(current.port):
+    if current is not None and (current.target, current.prefix) == (target, tuple(prefix)) and _accepts(current.port):
         return current
     port = _previous_port(state)  # the user's kubeconfig names it: keep it when it is free
     if current is not None:

@@ -243,7 +243,7 @@ def check_qemu_unprivileged(lab: Lab) -> str:
         raise Skip("no lab VMs on this machine (static hosts, or a system libvirtd's own settings)")
     uid = pwd.getpwnam(netns.QEMU_USER).pw_uid
     found = netns.qemu_processes(provider.names["prefix"])
-    missing = sorted(f"{provider.names['prefix']}{n.name}" for n in lab.cluster.spec.nodes) - found.keys()
+    missing = {f"{provider.names['prefix']}{n.name}" for n in lab.cluster.spec.nodes} - found.keys()
     problems = [f"no QEMU process for {name}" for name in sorted(missing)]
     for name, proc in sorted(found.items()):
         if proc.uid != uid:
