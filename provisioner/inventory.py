@@ -91,7 +91,6 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
     """Cluster-wide variables every role reads. Role-specific defaults live in each role."""
     net = cluster.spec.network
     pins = components(cluster.spec.kubernetes.version)
-    masters = cluster.masters
     return {
         "cluster_name": cluster.name,
         "kubernetes_version": pins.kubernetes,
@@ -108,8 +107,6 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
         "apiserver_service_ip": str(net.apiserver_service_ip),
         "cluster_dns_ip": str(net.dns_service_ip),
         "kube_proxy_mode": net.proxy_mode,
-        "apiserver_address": str(masters[0].address),
-        "apiserver_port": layout.PORTS["apiserver"],
         "pod_cidrs": {name: str(cidr) for name, cidr in cluster.pod_cidrs.items()},
         "node_addresses": {n.name: str(n.address) for n in cluster.spec.nodes},
         "artifacts_dir": str(artifacts_dir),

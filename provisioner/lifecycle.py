@@ -19,15 +19,14 @@ from typing import Any
 
 import yaml
 
+from provisioner import endpoints, inventory, pki, preflight, providers, runner
 from provisioner import hosts as hosts_mod
-from provisioner import inventory, pki, preflight, providers, runner
 from provisioner.artifacts import artifact_set
 from provisioner.artifacts import ensure as ensure_artifacts
 from provisioner.artifacts.serve import serving
 from provisioner.errors import ProvisionerError
 from provisioner.events import Event, EventBus, Phase, PhaseFinished
 from provisioner.kube import Kubectl, KubectlError
-from provisioner.layout import PORTS
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
 
@@ -205,9 +204,9 @@ def _wait_for_api(kubectl: Kubectl, cluster: Cluster) -> None:
             return
         last = (done.stderr or done.stdout).strip()
         time.sleep(3)
-    master = cluster.masters[0]
+    master = endpoints.admin_master(cluster)
     raise ClusterNotReady(
-        f"apiserver https://{master.address}:{PORTS['apiserver']}",
+        f"apiserver {endpoints.admin_apiserver(cluster)}",
         f"does not answer `kubectl get nodes` from the admin machine within {ADMIN_WAIT_SECONDS} s: {last}",
         f"check the route to {master.address} (inside the lab namespace when isolated) and "
         f"`journalctl -u kube-apiserver` on {master.name}",

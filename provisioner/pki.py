@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from provisioner import endpoints
 from provisioner.errors import ProvisionerError
-from provisioner.layout import ADMINS_GROUP, APISERVER_KUBELET_CLIENT, CLUSTER_DOMAIN, PORTS
+from provisioner.layout import ADMINS_GROUP, APISERVER_KUBELET_CLIENT, CLUSTER_DOMAIN
 from provisioner.spec import Cluster
 from provisioner.state import State
 
@@ -140,21 +141,20 @@ def cluster_certs(cluster: Cluster) -> list[CertSpec]:
 
 
 def cluster_kubeconfigs(cluster: Cluster) -> list[KubeconfigSpec]:
-    master = cluster.masters[0]
-    external = f"https://{master.address}:{PORTS['apiserver']}"
-    # Components on the master talk to the apiserver on loopback: no dependency on the node network.
-    local = f"https://127.0.0.1:{PORTS['apiserver']}"
+    # Components on a master talk to the apiserver on loopback: no dependency on the node network.
+    local = endpoints.LOCAL_APISERVER
+    workers = endpoints.worker_apiserver(cluster)
     configs = [
-        KubeconfigSpec("admin", "admin", external, f"{cluster.name}-admin"),
+        KubeconfigSpec("admin", "admin", endpoints.admin_apiserver(cluster), f"{cluster.name}-admin"),
         KubeconfigSpec("admin-local", "admin", local, f"{cluster.name}-admin"),
         KubeconfigSpec("super-admin-local", "super-admin", local, f"{cluster.name}-super-admin"),
         KubeconfigSpec("controller-manager", "controller-manager", local, "system:kube-controller-manager"),
         KubeconfigSpec("scheduler", "scheduler", local, "system:kube-scheduler"),
-        KubeconfigSpec("kube-proxy", "kube-proxy", external, "system:kube-proxy"),
+        KubeconfigSpec("kube-proxy", "kube-proxy", workers, "system:kube-proxy"),
     ]
     for node in cluster.workers:
         configs.append(
-            KubeconfigSpec(f"kubelet-{node.name}", f"kubelet-{node.name}", external, f"system:node:{node.name}")
+            KubeconfigSpec(f"kubelet-{node.name}", f"kubelet-{node.name}", workers, f"system:node:{node.name}")
         )
     return configs
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from provisioner import layout
+from provisioner import endpoints, layout
 from provisioner.verify import probe
 from provisioner.verify.kube import CheckFailed, NotYet, wait_for
 from provisioner.verify.lab import ClusterCheck, Lab, agnhost_deployment, scratch_namespace
@@ -117,7 +117,7 @@ def check_etcd_refuses_workers(lab: Lab) -> str:
 
 
 def anonymous_urls(lab: Lab) -> list[str]:
-    api = f"https://{lab.master.address}:{layout.PORTS['apiserver']}"
+    api = endpoints.admin_apiserver(lab.cluster)
     kubelets = [f"https://{w.address}:{layout.PORTS['kubelet']}/pods" for w in lab.workers]
     return [f"{api}/api/v1/namespaces/kube-system/secrets", f"{api}/version", *kubelets]
 

@@ -1,0 +1,34 @@
+"""Which address each client of the cluster uses: the apiserver from the admin machine, from a worker and
+on a master, and etcd's members. Everything that needs one of these asks here, so the choice is made once.
+"""
+
+from __future__ import annotations
+
+from provisioner import layout
+from provisioner.spec import Cluster, Node
+
+APISERVER_PORT = layout.PORTS["apiserver"]
+# Components on a master (controller-manager, scheduler, the master's own kubectl) use their own apiserver.
+LOCAL_APISERVER = f"https://127.0.0.1:{APISERVER_PORT}"
+
+
+def admin_master(cluster: Cluster) -> Node:
+    """The master the admin machine talks to.
+
+    The first one for now: the admin machine's loopback forwarder (provisioner/forwarder.py) will spread
+    the admin machine's connections over all masters, and then this answers with the forwarder instead.
+    """
+    return cluster.masters[0]
+
+
+def admin_apiserver(cluster: Cluster) -> str:
+    """The apiserver URL of the admin kubeconfig, and what `up` waits for."""
+    return f"https://{admin_master(cluster).address}:{APISERVER_PORT}"
+
+
+def worker_apiserver(cluster: Cluster) -> str:
+    """The apiserver URL of the workers' kubelet and kube-proxy kubeconfigs.
+
+    The one master, on its node address.
+    """
+    return f"https://{cluster.masters[0].address}:{APISERVER_PORT}"
