@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from provisioner import layout
+from provisioner import layout, pki
 from provisioner.artifacts.layout import image_names
 from provisioner.hosts import HostConnection
 from provisioner.spec import Cluster, VagrantProvider
@@ -66,6 +66,11 @@ def pod_routes(cluster: Cluster, name: str) -> list[str]:
 
 
 def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
+    node = cluster.node(host.name)
+    own: dict[str, Any] = {}
+    if node.role == "master":
+        # The PKI directory's files this master installs as its etcd-server and etcd-peer certificates.
+        own["node_etcd_certs"] = pki.etcd_certs(cluster, node)
     return {
         "ansible_host": host.ssh_host,
         "ansible_port": host.ssh_port,
@@ -77,6 +82,7 @@ def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
         "node_role": host.role,
         "node_pod_cidr": str(cluster.pod_cidrs[host.name]),
         "node_pod_routes": pod_routes(cluster, host.name),
+        **own,
     }
 
 

@@ -64,6 +64,11 @@ ADMINS_GROUP = "provisioner:cluster-admins"
 # The apiserver's identity towards kubelets, bound to system:kubelet-api-admin (CIS 5.1.7: not system:masters).
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 
+# The common name of every etcd peer certificate when etcd has several members, and the only one a member
+# accepts from a peer (--peer-cert-allowed-cn): the apiserver's etcd client certificate, signed by the same
+# CA, cannot pose as a member.
+ETCD_PEER_CN = "etcd-peer"
+
 # etcdctl's TLS flags as the apiserver talks to etcd: etcd's own CA, the apiserver's etcd client certificate.
 ETCDCTL_TLS = (
     f"--cacert={DIRS.pki}/etcd-ca.crt --cert={DIRS.pki}/apiserver-etcd-client.crt "
@@ -217,6 +222,7 @@ def group_vars() -> dict[str, object]:
         "cluster_domain": CLUSTER_DOMAIN,
         "admins_group": ADMINS_GROUP,
         "apiserver_kubelet_client": APISERVER_KUBELET_CLIENT,
+        "etcd_peer_cn": ETCD_PEER_CN,
         "containerd_socket": CONTAINERD_SOCKET,
         "admin_conf": ADMIN_CONF,
         "super_admin_conf": SUPER_ADMIN_CONF,
