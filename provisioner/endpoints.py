@@ -4,6 +4,8 @@ on a master, and etcd's members. Everything that needs one of these asks here, s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from provisioner import layout
 from provisioner.spec import Cluster, Node
 
@@ -32,3 +34,21 @@ def worker_apiserver(cluster: Cluster) -> str:
     The one master, on its node address.
     """
     return f"https://{cluster.masters[0].address}:{APISERVER_PORT}"
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    """One member of the etcd cluster: its master's name, and the address its peer and client URLs use."""
+
+    name: str
+    address: str
+
+
+def etcd_members(cluster: Cluster) -> list[EtcdMember]:
+    """One member per master. A lone member has no peer and one client (the apiserver beside it), so it
+    listens on loopback only; members of a cluster reach each other, and every apiserver reaches them all,
+    on the node network."""
+    masters = cluster.masters
+    if len(masters) == 1:
+        return [EtcdMember(masters[0].name, "127.0.0.1")]
+    return [EtcdMember(m.name, str(m.address)) for m in masters]

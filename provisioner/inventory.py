@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from provisioner import layout, pki
+from provisioner import endpoints, layout, pki
 from provisioner.artifacts.layout import image_names
 from provisioner.hosts import HostConnection
 from provisioner.spec import Cluster, VagrantProvider
@@ -115,6 +115,8 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
         "kube_proxy_mode": net.proxy_mode,
         "pod_cidrs": {name: str(cidr) for name, cidr in cluster.pod_cidrs.items()},
         "node_addresses": {n.name: str(n.address) for n in cluster.spec.nodes},
+        # etcd's members, name and address (loopback for a lone one): the etcd role's cluster, the apiserver's servers.
+        "etcd_members": [{"name": m.name, "address": m.address} for m in endpoints.etcd_members(cluster)],
         "artifacts_dir": str(artifacts_dir),
         # Units carry their binary's checksum, so a new binary restarts its service like a new config.
         "artifact_checksums": _checksums(artifacts_dir),

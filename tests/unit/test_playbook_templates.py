@@ -18,11 +18,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import clusters
 import localnode
 import pytest
 import yaml
 
-from provisioner import inventory, paths, runner, spec
+from provisioner import inventory, layout, paths, runner, spec
 from provisioner.artifacts import image_names
 from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
@@ -95,10 +96,8 @@ def _render_playbook(roles: Path, out: Path) -> list[dict[str, Any]]:
     return plays
 
 
-@pytest.fixture(scope="module")
-def rendered(cluster: spec.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _render(cluster: spec.Cluster, tmp: Path) -> Path:
     """The directory holding <host>/<role>/<file> for every template site.yml renders on that host."""
-    tmp = tmp_path_factory.mktemp("templates")
     hosts = [
         HostConnection(n.name, n.role, str(n.address), str(n.address), 22, "root", Path("/k"))
         for n in cluster.spec.nodes
@@ -111,6 +110,17 @@ def rendered(cluster: spec.Cluster, tmp_path_factory: pytest.TempPathFactory) ->
     # The strategy `up` uses (mitogen when installed): a third of linear's time for these 33 files.
     runner.run_playbook(state, EventBus(), playbook=playbook, name="render")
     return out
+
+
+@pytest.fixture(scope="module")
+def rendered(cluster: spec.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _render(cluster, tmp_path_factory.mktemp("templates"))
+
+
+@pytest.fixture(scope="module")
+def ha_rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same for the HA lab: three masters, two workers."""
+    return _render(clusters.ha(), tmp_path_factory.mktemp("ha-templates"))
 
 
 def render(rendered: Path, role: str, template: str, host: str) -> str:
@@ -206,3 +216,65 @@ def test_coredns_serves_the_cluster_dns_ip_and_forwards_only_when_upstreams_exis
         deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         == image_names(cluster.spec.kubernetes.version)["coredns"]
     )
+
+
+def _flags(unit: str) -> dict[str, str]:
+    """--name=value of a unit's ExecStart, one per flag (a repeated flag would hide the first)."""
+    flags: dict[str, str] = {}
+    for line in unit.splitlines():
+        flag = line.strip().removesuffix("\\").strip()
+        if flag.startswith("--"):
+            name, _, value = flag.partition("=")
+            assert name not in flags, f"{name} given twice"
+            flags[name] = value
+    return flags
+
+
+def test_a_lone_etcd_member_keeps_clients_and_peers_on_loopback(rendered: Path) -> None:
+    flags = _flags(render(rendered, "etcd", "etcd.service.j2", "master"))
+    assert flags["--listen-client-urls"] == "https://127.0.0.1:2379"
+    assert flags["--advertise-client-urls"] == "https://127.0.0.1:2379"
+    assert flags["--listen-peer-urls"] == flags["--initial-advertise-peer-urls"] == "https://127.0.0.1:2380"
+    assert flags["--initial-cluster"] == "master=https://127.0.0.1:2380"
+    assert flags["--initial-cluster-state"] == "new"
+    assert "--peer-cert-allowed-cn" not in flags
+    apiserver = _flags(render(rendered, "control_plane", "kube-apiserver.service.j2", "master"))
+    assert apiserver["--etcd-servers"] == "https://127.0.0.1:2379"
+
+
+HA_MASTERS = {"master-1": "192.168.56.10", "master-2": "192.168.56.11", "master-3": "192.168.56.12"}
+
+
+@pytest.mark.parametrize(("host", "address"), HA_MASTERS.items())
+def test_three_etcd_members_form_one_cluster_on_the_node_network(ha_rendered: Path, host: str, address: str) -> None:
+    flags = _flags(render(ha_rendered, "etcd", "etcd.service.j2", host))
+    assert flags["--name"] == host
+    assert flags["--initial-cluster"] == ",".join(f"{n}=https://{a}:2380" for n, a in HA_MASTERS.items())
+    assert flags["--initial-cluster-state"] == "new"
+    assert flags["--listen-peer-urls"] == flags["--initial-advertise-peer-urls"] == f"https://{address}:2380"
+    assert flags["--listen-client-urls"] == f"https://{address}:2379,https://127.0.0.1:2379"
+    assert flags["--advertise-client-urls"] == f"https://{address}:2379"
+    # peers authenticate with etcd's CA and must carry the CN only peer certificates carry
+    assert flags["--peer-client-cert-auth"] == "true"
+    assert flags["--peer-trusted-ca-file"] == "%d/etcd-ca.crt"
+    assert flags["--peer-cert-allowed-cn"] == layout.ETCD_PEER_CN
+    assert flags["--listen-metrics-urls"] == "http://127.0.0.1:2381"
+
+
+@pytest.mark.parametrize(("host", "address"), HA_MASTERS.items())
+def test_every_apiserver_uses_every_etcd_member_and_advertises_itself(
+    ha_rendered: Path, host: str, address: str
+) -> None:
+    flags = _flags(render(ha_rendered, "control_plane", "kube-apiserver.service.j2", host))
+    assert flags["--etcd-servers"] == ",".join(f"https://{a}:2379" for a in HA_MASTERS.values())
+    assert flags["--advertise-address"] == address
+    for component in ("kube-controller-manager", "kube-scheduler"):
+        assert _flags(render(ha_rendered, "control_plane", f"{component}.service.j2", host))["--bind-address"] == (
+            "127.0.0.1"
+        )
+    assert (
+        _flags(render(ha_rendered, "control_plane", "kube-controller-manager.service.j2", host))["--leader-elect"]
+        == "true"
+    )
+    scheduler = yaml.safe_load(render(ha_rendered, "control_plane", "kube-scheduler.yaml.j2", host))
+    assert scheduler["leaderElection"]["leaderElect"] is True
