@@ -31,8 +31,11 @@ def admin_apiserver(cluster: Cluster) -> str:
 def worker_apiserver(cluster: Cluster) -> str:
     """The apiserver URL of the workers' kubelet and kube-proxy kubeconfigs.
 
-    The one master, on its node address.
+    With several masters, the load balancer on the worker's own loopback, which spreads over every master
+    that answers, so no single master is a point of failure; with one, that master, and no balancer.
     """
+    if layout.unit(layout.APISERVER_LB_UNIT).installed_with(len(cluster.masters)):
+        return f"https://127.0.0.1:{layout.PORTS['apiserver_lb']}"
     return f"https://{cluster.masters[0].address}:{APISERVER_PORT}"
 
 

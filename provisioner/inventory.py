@@ -20,6 +20,9 @@ from provisioner.state import State
 from provisioner.versions import components
 
 GROUPS = {"master": "masters", "worker": "workers"}
+# The workers that run the load balancer in front of the apiservers: all of them when there are several
+# masters, none with one. site.yml's load balancer play runs on this group.
+APISERVER_LB_GROUP = "apiserver_lb"
 
 
 def machine_list(cluster: Cluster) -> list[dict[str, Any]]:
@@ -90,6 +93,10 @@ def inventory(cluster: Cluster, hosts: list[HostConnection]) -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {g: {"hosts": {}} for g in GROUPS.values()}
     for host in hosts:
         groups[GROUPS[host.role]]["hosts"][host.name] = host_vars(cluster, host)
+    lb = layout.unit(layout.APISERVER_LB_UNIT)
+    groups[APISERVER_LB_GROUP] = {
+        "hosts": {h.name: {} for h in hosts if h.role in lb.roles and lb.installed_with(len(cluster.masters))}
+    }
     return {"all": {"children": {"k8s_cluster": {"children": groups}}}}
 
 

@@ -78,6 +78,9 @@ ETCDCTL_TLS = (
 # Every TCP port a component listens on.
 PORTS = {
     "apiserver": 6443,
+    # On a worker of a cluster with several masters: the load balancer in front of every master's apiserver,
+    # on loopback (Kubespray's localhost:6443 on nodes that run no apiserver of their own).
+    "apiserver_lb": 6443,
     "etcd_client": 2379,
     "etcd_peer": 2380,
     "etcd_metrics": 2381,
@@ -172,6 +175,16 @@ class Unit:
     roles: tuple[str, ...]
     binary: str | None  # bin/NAME of the artifact set; its checksum is written into the unit
     ports: tuple[str, ...] = ()  # keys of PORTS
+    ha_only: bool = False  # installed only on a cluster with several masters
+
+    def installed_with(self, masters: int) -> bool:
+        """Whether a cluster with this many masters has the unit (on the nodes of its roles)."""
+        return masters > 1 or not self.ha_only
+
+
+# The workers' load balancer in front of the apiservers (haproxy, from Debian's package, not the artifact set).
+# With one master the workers talk to it directly and the unit is not installed (provisioner/endpoints.py).
+APISERVER_LB_UNIT = "kube-apiserver-lb"
 
 
 # In the order the playbooks start them; reset stops them the other way round (consumers first).
@@ -181,6 +194,7 @@ UNITS = (
     Unit("kube-apiserver", _M, "bin/kube-apiserver", ("apiserver",)),
     Unit("kube-controller-manager", _M, "bin/kube-controller-manager", ("controller_manager",)),
     Unit("kube-scheduler", _M, "bin/kube-scheduler", ("scheduler",)),
+    Unit(APISERVER_LB_UNIT, _W, None, ("apiserver_lb",), ha_only=True),
     Unit("containerd", _W, "bin/containerd"),
     Unit("kubelet", _W, "bin/kubelet", ("kubelet", "kubelet_healthz")),
     Unit("kube-proxy", _W, "bin/kube-proxy", ("kube_proxy_healthz",)),
@@ -188,7 +202,13 @@ UNITS = (
 
 
 def units_for(role: str) -> tuple[Unit, ...]:
+    """Every unit a node of this role may run."""
     return tuple(u for u in UNITS if role in u.roles)
+
+
+def installed_units(role: str, masters: int) -> tuple[Unit, ...]:
+    """The units a node of this role runs in a cluster with this many masters."""
+    return tuple(u for u in units_for(role) if u.installed_with(masters))
 
 
 def unit(name: str) -> Unit:

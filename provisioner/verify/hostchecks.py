@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from provisioner import pki
+from provisioner import layout, pki
 from provisioner.artifacts.layout import image_names
 from provisioner.spec import Cluster
 from provisioner.state import State
@@ -36,6 +36,10 @@ def facts(cluster: Cluster) -> dict[str, Any]:
         "kubernetes_version": cluster.spec.kubernetes.version,
         "images": image_names(cluster.spec.kubernetes.version),
         "nodes": {n.name: {"role": n.role, "address": str(n.address)} for n in cluster.spec.nodes},
+        # The units each node runs: some are there only with several masters (the workers' load balancer).
+        "units": {
+            n.name: [u.name for u in layout.installed_units(n.role, len(cluster.masters))] for n in cluster.spec.nodes
+        },
         "certs": {c.name: {"dns": sorted(c.dns), "ips": sorted(c.ips)} for c in pki.cluster_certs(cluster) if c.server},
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import clusters
 import pytest
 import yaml
 
@@ -119,3 +120,9 @@ def test_a_missing_host_list_says_to_bring_the_cluster_up(tmp_path: Path) -> Non
     with pytest.raises(ProvisionerError) as missing:
         hosts.load(State(tmp_path / "never"))
     assert "run `provisioner up` first" in str(missing.value)
+
+
+def test_only_a_cluster_of_several_masters_puts_its_workers_in_the_load_balancer_group(tmp_path: Path) -> None:
+    for cluster, members in ((clusters.default(), []), (clusters.ha(), ["worker-1", "worker-2"])):
+        groups = inventory.inventory(cluster, _hosts(cluster, tmp_path / "key"))["all"]["children"]["k8s_cluster"]
+        assert list(groups["children"][inventory.APISERVER_LB_GROUP]["hosts"]) == members

@@ -284,3 +284,30 @@ def test_every_file_site_yml_installs_on_a_node_is_in_the_pki(which: str, tmp_pa
                     assert (state.pki_dir / src).is_file(), f"{name}: {src} (for {entry['dest']}) was not issued"
                     checked += 1
     assert checked > 20 * len(cluster.masters)
+
+
+def _servers(state: State) -> dict[str, str]:
+    return {
+        path.stem: yaml.safe_load(path.read_text())["clusters"][0]["cluster"]["server"]
+        for path in (state.pki_dir / "kubeconfigs").glob("*.kubeconfig")
+    }
+
+
+def test_workers_reach_the_one_master_directly_and_several_through_their_loopback(
+    cluster: spec.Cluster, ha: spec.Cluster, tmp_path: Path
+) -> None:
+    one, three = State(tmp_path / "one"), State(tmp_path / "three")
+    pki.ensure(cluster, one)
+    pki.ensure(ha, three)
+    local = {
+        n: "https://127.0.0.1:6443" for n in ("admin-local", "super-admin-local", "controller-manager", "scheduler")
+    }
+    workers = ("kube-proxy", "kubelet-worker-1", "kubelet-worker-2")
+    assert _servers(one) == {
+        **local,
+        "admin": "https://192.168.56.10:6443",
+        **dict.fromkeys(workers, "https://192.168.56.10:6443"),
+    }
+    # the load balancer on each worker's loopback, which the apiserver certificate names (127.0.0.1)
+    lb = f"https://127.0.0.1:{layout.PORTS['apiserver_lb']}"
+    assert _servers(three) == {**local, "admin": "https://192.168.56.10:6443", **dict.fromkeys(workers, lb)}

@@ -14,6 +14,8 @@ tasks file that renders the templates into a tmp directory instead of onto the n
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -278,3 +280,31 @@ def test_every_apiserver_uses_every_etcd_member_and_advertises_itself(
     )
     scheduler = yaml.safe_load(render(ha_rendered, "control_plane", "kube-scheduler.yaml.j2", host))
     assert scheduler["leaderElection"]["leaderElect"] is True
+
+
+def test_with_one_master_no_worker_gets_a_load_balancer(rendered: Path) -> None:
+    assert not list(rendered.glob("*/apiserver_lb"))
+
+
+@pytest.mark.parametrize("host", ["worker-1", "worker-2"])
+def test_each_worker_balances_over_every_master_on_its_loopback_only(ha_rendered: Path, host: str) -> None:
+    config = render(ha_rendered, "apiserver_lb", "apiserver-lb.cfg.j2", host)
+    lines = [line.split() for line in config.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert ["bind", f"127.0.0.1:{layout.PORTS['apiserver_lb']}"] in lines
+    assert [line[0] for line in lines].count("bind") == 1
+    assert ["mode", "tcp"] in lines  # TLS passes through: the apiserver's own certificate reaches the client
+    servers = [line[1:3] for line in lines if line[0] == "server"]
+    assert servers == [[name, f"{address}:6443"] for name, address in HA_MASTERS.items()]
+    default_server = next(line for line in lines if line[0] == "default-server")
+    assert "check" in default_server
+    unit = render(ha_rendered, "apiserver_lb", "kube-apiserver-lb.service.j2", host)
+    assert f"ExecStart=/usr/sbin/haproxy -Ws -f {layout.DIRS.kube}/apiserver-lb.cfg" in unit
+    assert "DynamicUser=true" in unit
+    assert "Before=kubelet.service kube-proxy.service" in unit
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed here (Debian's haproxy package)")
+def test_haproxy_accepts_the_load_balancer_configuration(ha_rendered: Path) -> None:
+    path = ha_rendered / "worker-1" / "apiserver_lb" / "apiserver-lb.cfg"
+    done = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
