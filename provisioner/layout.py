@@ -183,7 +183,7 @@ class Unit:
 
 
 # The workers' load balancer in front of the apiservers (haproxy, from Debian's package, not the artifact set).
-# With one master the workers talk to it directly and the unit is not installed (provisioner/endpoints.py).
+# With one master the workers talk to that master directly and the unit is not installed (endpoints.py).
 APISERVER_LB_UNIT = "kube-apiserver-lb"
 
 
