@@ -17,8 +17,9 @@ LOCAL_APISERVER = f"https://127.0.0.1:{APISERVER_PORT}"
 def admin_master(cluster: Cluster) -> Node:
     """The master the admin machine talks to.
 
-    The first one for now: the admin machine's loopback forwarder (provisioner/forwarder.py) will spread
-    the admin machine's connections over all masters, and then this answers with the forwarder instead.
+    The first one for now, also as the target of the admin machine's loopback forwarder into an isolated
+    lab (provisioner/forwarder.py): with several masters, losing the first still cuts the admin machine
+    off until the forwarder spreads over all of them (issue #17's remaining work).
     """
     return cluster.masters[0]
 

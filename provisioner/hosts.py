@@ -2,14 +2,17 @@
 
 `up` persists the hosts the provider reported into the state directory; `verify`, `ssh`, `scale` and the
 benchmarks load that list instead of asking the machines again or reading the generated inventory back.
-Every ssh command line and every set of SSH options (Ansible's, testinfra's, verify's) is built here.
+Every ssh command line and every set of SSH options (Ansible's, testinfra's, verify's) is built here, and
+:class:`Ssh` is the one way provisioner itself runs a command on a node (verify, the key rotation, the bench).
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from provisioner.errors import ProvisionerError
@@ -130,3 +133,52 @@ def load(state: State) -> list[HostConnection]:
             str(state.hosts_file), f"is not a host list ({exc})", "run `provisioner up` to write it again"
         ) from None
     return [HostConnection.from_json(h) for h in data]
+
+
+class NodeCommandError(ProvisionerError):
+    """A command run on a node over SSH failed."""
+
+
+@dataclass(frozen=True)
+class Ssh:
+    """Runs shell commands on nodes with plain OpenSSH under the lab prefix, one master connection per node."""
+
+    nodes: dict[str, HostConnection]
+    prefix: Sequence[str] = ()
+    options: Sequence[str] = field(default_factory=tuple)
+
+    def command(self, node: str, script: str) -> list[str]:
+        login = self.nodes[node]
+        if login.ssh_user != "root":
+            script = f"sudo -n sh -c {shlex.quote(script)}"
+        return [*login.ssh_argv(self.options, self.prefix), script]
+
+    def run(
+        self, node: str, script: str, check: bool = True, timeout: float = 60, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a shell script on a node. Secrets go in `input`, never in the script: a failure names the script."""
+        if node not in self.nodes:
+            raise NodeCommandError(node, "not among the cluster's hosts", "check the node name against the spec")
+        try:
+            proc = subprocess.run(
+                self.command(node, script), input=input, capture_output=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise NodeCommandError(
+                f"{node}: {script}", f"no answer within {timeout:.0f}s", "check that the node is up"
+            ) from None
+        if check and proc.returncode != 0:
+            raise NodeCommandError(
+                f"{node}: {script}",
+                proc.stderr.decode(errors="replace").strip() or f"exit code {proc.returncode}",
+                "read the node's journal (`journalctl -u UNIT`)",
+            )
+        return proc
+
+    def close(self, node: str) -> None:
+        """Stop the shared connection to a node (before it reboots, so no client reuses a dead one)."""
+        argv = self.nodes[node].ssh_argv(self.options, self.prefix, extra=["-O", "exit"])
+        subprocess.run(argv, capture_output=True, timeout=30, check=False)
+
+    def text(self, node: str, script: str, timeout: float = 60, input: bytes | None = None) -> str:
+        return self.run(node, script, timeout=timeout, input=input).stdout.decode(errors="replace").strip()

@@ -47,6 +47,9 @@ DIRS = Dirs()
 # the break-glass one (see ADMINS_GROUP).
 ADMIN_CONF = f"{DIRS.kube}/admin.conf"
 SUPER_ADMIN_CONF = f"{DIRS.kube}/super-admin.conf"
+# How the apiserver encrypts Secrets in etcd; it re-reads the file by itself (its automatic reload), so
+# `provisioner secrets rotate-key` changes keys by replacing this file (provisioner/encryption.py).
+ENCRYPTION_CONFIG = f"{DIRS.kube}/encryption-config.yaml"
 
 # System users the playbooks create; reset removes them. etcd runs as its own user, owning its data dir
 # (CIS 1.1.12); its keys stay root's and reach it through systemd's credentials.
@@ -91,6 +94,9 @@ PORTS = {
     "kube_proxy_healthz": 10256,
     "kube_proxy_metrics": 10249,
 }
+
+# etcdctl on the master as the apiserver reaches etcd (verify's probes, the key rotation's checks).
+ETCDCTL = f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:{PORTS['etcd_client']} {ETCDCTL_TLS}"
 
 # Kernel modules and settings every node needs: overlay for containerd's snapshots, br_netfilter and the
 # bridge settings so bridged pod traffic meets iptables, forwarding for the pod routes between nodes.
@@ -246,6 +252,7 @@ def group_vars() -> dict[str, object]:
         "containerd_socket": CONTAINERD_SOCKET,
         "admin_conf": ADMIN_CONF,
         "super_admin_conf": SUPER_ADMIN_CONF,
+        "encryption_config": ENCRYPTION_CONFIG,
         "crictl_config": CRICTL_CONFIG,
         "sysctl_config": SYSCTL_CONFIG,
         "modules_config": MODULES_CONFIG,

@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-import yaml
-
-from provisioner import endpoints, inventory, pki, preflight, providers, runner
+from provisioner import admin, endpoints, forwarder, inventory, pki, preflight, providers, runner
 from provisioner import hosts as hosts_mod
 from provisioner.artifacts import artifact_set
 from provisioner.artifacts import ensure as ensure_artifacts
@@ -47,11 +45,12 @@ class PhaseTiming:
 
 @dataclass
 class UpResult:
-    kubeconfig: Path
+    kubeconfig: Path  # inside the lab (with `prefix`): what verify, drift and the tests use
     prefix: list[str]
     kubectl: Path
     run: runner.RunResult
     phases: list[PhaseTiming] = field(default_factory=list)
+    admin: AdminAccess | None = None  # how the user's own shell reaches the cluster
 
     @property
     def changed(self) -> int:
@@ -62,8 +61,23 @@ class UpResult:
         return self.run.run_dir
 
     def kubectl_hint(self) -> str:
-        """The command a person types to reach the cluster from the admin machine."""
+        """The command a person types to reach the cluster from their own shell."""
+        if self.admin is not None and self.admin.merged_into is not None:
+            return f"kubectl --context {self.admin.context} get nodes"
+        if self.admin is not None:
+            return f"kubectl --kubeconfig {self.admin.kubeconfig} get nodes"
         return " ".join([*self.prefix, str(self.kubectl), "--kubeconfig", str(self.kubeconfig), "get", "nodes"])
+
+
+@dataclass(frozen=True)
+class AdminAccess:
+    """What `up` set up on the admin machine for the user's own shell (provisioner/admin.py)."""
+
+    kubeconfig: Path  # server reachable from the host: the loopback forwarder when the lab is isolated
+    server: str
+    context: str
+    merged_into: Path | None  # the user's kubeconfig that holds the context, unless opted out
+    kubectl_note: str  # where kubectl was linked, or the one line to add to PATH
 
 
 def _collect_phases(bus: EventBus) -> list[PhaseFinished]:
@@ -84,13 +98,16 @@ def up(
     *,
     artifact_source: str | None = None,
     strategy: str | None = None,
-    merge_kubeconfig: Path | None = None,
+    merge_kubeconfig: Path | Literal[False] | None = None,
     limit: Sequence[str] | None = None,
 ) -> UpResult:
     """Bring the cluster the spec describes into being, or converge an existing one.
 
     With `limit` (node names), only those machines are created and only they run the Ansible phases:
     how `scale` adds workers without touching the nodes that stay.
+
+    `merge_kubeconfig`: a path merges the cluster's context into that kubeconfig; False removes what
+    an earlier `up` merged; None keeps an earlier merge where it is (refreshed) and adds none.
     """
     finished = _collect_phases(bus)
     state.ensure()
@@ -123,25 +140,56 @@ def up(
     with Phase(bus, "admin kubeconfig", str(state.kubeconfig)):
         _install_admin_kubeconfig(state)
         _wait_for_api(Kubectl(aset.bin / "kubectl", state.kubeconfig, prefix), cluster)
-        if merge_kubeconfig is not None:
-            merge_into(merge_kubeconfig, state.kubeconfig)
+    with Phase(bus, "admin machine", "kubectl and the user's kubeconfig") as phase:
+        access = _set_up_admin_machine(cluster, state, prefix, aset.bin / "kubectl", merge_kubeconfig)
+        phase.progress(f"{access.server}, context {access.context}")
 
     changed = {p.name: p.changed for p in run.phases}
     timings = [PhaseTiming(f.phase, f.seconds, changed.get(f.phase)) for f in finished]
-    return UpResult(state.kubeconfig, prefix, aset.bin / "kubectl", run, timings)
+    return UpResult(state.kubeconfig, prefix, aset.bin / "kubectl", run, timings, access)
 
 
-def destroy(cluster: Cluster, state: State, bus: EventBus, *, merged_kubeconfig: Path | None = None) -> None:
-    """Remove the machines and everything that trusted them; run logs stay for reading."""
+def _set_up_admin_machine(
+    cluster: Cluster, state: State, prefix: list[str], kubectl: Path, merge_into: Path | Literal[False] | None
+) -> AdminAccess:
+    """kubectl on PATH and a context that works from the user's shell, through the forwarder when isolated."""
+    direct = endpoints.admin_apiserver(cluster)
+    if prefix:
+        master = endpoints.admin_master(cluster)
+        fwd = forwarder.ensure(state, prefix, f"{master.address}:{endpoints.APISERVER_PORT}")
+        server = fwd.url
+    else:
+        forwarder.stop(state)
+        server = direct
+    user_kubeconfig = admin.write_user_kubeconfig(state, cluster.name, server)
+    if merge_into is False:
+        admin.unmerge(state, cluster.name)  # opted out now: what an earlier `up` merged goes
+        merged = None
+    else:
+        target = merge_into if merge_into is not None else admin.merged_path(state)
+        merged = admin.merge(state, cluster.name, target).path if target is not None else None
+    _link, note = admin.link_kubectl(kubectl)
+    return AdminAccess(user_kubeconfig, server, cluster.name, merged, note)
+
+
+def destroy(cluster: Cluster, state: State, bus: EventBus) -> None:
+    """Remove the machines and everything that trusted them; run logs stay for reading.
+
+    On the admin machine: the forwarder stops and the context `up` merged into the user's kubeconfig
+    goes, which is left as it was before (the kubectl link stays: it is a tool, not the cluster's).
+    """
+    forwarder.stop(state)
     providers.for_cluster(cluster, state, bus).destroy()
-    with Phase(bus, "forget cluster", str(state.root)):
+    with Phase(bus, "forget cluster", str(state.root)) as phase:
+        edited = admin.unmerge(state, cluster.name)
+        if edited is not None:
+            phase.progress(f"context {cluster.name} removed from {edited}")
         # A new cluster gets a new CA: nothing issued for the old one keeps working against it.
         shutil.rmtree(state.pki_dir, ignore_errors=True)
         state.kubeconfig.unlink(missing_ok=True)
+        state.user_kubeconfig.unlink(missing_ok=True)
         state.known_hosts.unlink(missing_ok=True)
         state.hosts_file.unlink(missing_ok=True)
-        if merged_kubeconfig is not None:
-            unmerge(merged_kubeconfig, cluster.name)
 
 
 def reset(cluster: Cluster, state: State, bus: EventBus, *, strategy: str | None = None) -> runner.RunResult:
@@ -211,43 +259,3 @@ def _wait_for_api(kubectl: Kubectl, cluster: Cluster) -> None:
         f"check the route to {master.address} (inside the lab namespace when isolated) and "
         f"`journalctl -u kube-apiserver` on {master.name}",
     )
-
-
-def merge_into(target: Path, kubeconfig: Path) -> None:
-    """Add (or replace) this cluster's cluster, user and context in another kubeconfig, e.g. ~/.kube/config."""
-    ours: dict[str, Any] = yaml.safe_load(kubeconfig.read_text())
-    theirs: dict[str, Any] = {}
-    if target.exists():
-        theirs = yaml.safe_load(target.read_text()) or {}
-    theirs.setdefault("apiVersion", "v1")
-    theirs.setdefault("kind", "Config")
-    for section in ("clusters", "users", "contexts"):
-        names = {entry["name"] for entry in ours[section]}
-        kept = [e for e in theirs.get(section) or [] if e.get("name") not in names]
-        theirs[section] = kept + ours[section]
-    theirs.setdefault("current-context", ours["current-context"])
-    _write_private(target, yaml.safe_dump(theirs, sort_keys=False))
-
-
-def unmerge(target: Path, cluster_name: str) -> None:
-    """Remove what merge_into added for this cluster."""
-    if not target.exists():
-        return
-    theirs: dict[str, Any] = yaml.safe_load(target.read_text()) or {}
-    contexts = [c for c in theirs.get("contexts") or [] if c.get("name") == cluster_name]
-    users = {c.get("context", {}).get("user") for c in contexts}
-    theirs["contexts"] = [c for c in theirs.get("contexts") or [] if c.get("name") != cluster_name]
-    theirs["clusters"] = [c for c in theirs.get("clusters") or [] if c.get("name") != cluster_name]
-    theirs["users"] = [u for u in theirs.get("users") or [] if u.get("name") not in users]
-    if theirs.get("current-context") == cluster_name:
-        theirs["current-context"] = ""
-    _write_private(target, yaml.safe_dump(theirs, sort_keys=False))
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    # The mode above applies only to a new file; an existing kubeconfig holds keys too.
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)

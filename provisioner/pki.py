@@ -15,8 +15,6 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
-import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provisioner import endpoints
+from provisioner import encryption, endpoints
 from provisioner.errors import ProvisionerError
+from provisioner.files import write_atomic
 from provisioner.layout import ADMINS_GROUP, APISERVER_KUBELET_CLIENT, CLUSTER_DOMAIN, ETCD_PEER_CN
 from provisioner.spec import Cluster, Node
 from provisioner.state import State
@@ -188,7 +187,8 @@ def ensure(cluster: Cluster, state: State, now: datetime.datetime | None = None)
         ca_key, ca_cert = cas[spec.ca]
         _ensure_leaf(directory, spec, ca_key, ca_cert, now, result)
     _ensure_service_account_keys(directory, result)
-    _ensure_encryption_config(directory, result)
+    # Secrets at rest in etcd: the encryption config is encryption.py's (it also rotates the key).
+    (result.issued if encryption.ensure_config(directory) else result.reused).append("encryption-config")
     kube_dir = directory / "kubeconfigs"
     kube_dir.mkdir(exist_ok=True)
     ca_pem = (directory / "ca.crt").read_bytes()
@@ -285,8 +285,8 @@ def _ensure_ca(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(key_path, _key_pem(key), 0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     result.issued.append(stem)
     return key, cert
 
@@ -368,8 +368,8 @@ def _ensure_leaf(
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    _write(cert_path.with_suffix(".key"), _key_pem(key), 0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(cert_path.with_suffix(".key"), _key_pem(key), 0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     result.issued.append(spec.name)
 
 
@@ -379,57 +379,15 @@ def _ensure_service_account_keys(directory: Path, result: PkiResult) -> None:
         result.reused.append("sa")
         return
     key = _new_key()
-    _write(key_path, _key_pem(key), 0o600)
+    write_atomic(key_path, _key_pem(key), 0o600)
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write(pub_path, pub, 0o644)
+    write_atomic(pub_path, pub, 0o644)
     result.issued.append("sa")
-
-
-def _ensure_encryption_config(directory: Path, result: PkiResult) -> None:
-    """Secrets at rest in etcd are encrypted with this key (secretbox: XSalsa20-Poly1305, 32 random bytes),
-    made once. Not aescbc: the Kubernetes encryption docs advise against it (padding-oracle prone)."""
-    path = directory / "encryption-config.yaml"
-    secret = base64.b64encode(secrets.token_bytes(32)).decode()
-    if path.exists():
-        doc = yaml.safe_load(path.read_text())
-        providers = doc["resources"][0]["providers"]
-        if "secretbox" in providers[0]:
-            result.reused.append("encryption-config")
-            return
-        # A cluster made before secretbox: new writes use a secretbox key, and the old providers stay after
-        # it so what was written with them can still be read (the apiserver reloads this file by itself).
-        doc["resources"][0]["providers"] = [{"secretbox": {"keys": [{"name": "secretbox-1", "secret": secret}]}}]
-        doc["resources"][0]["providers"] += providers
-        _write(path, yaml.safe_dump(doc, sort_keys=False).encode(), 0o600)
-        result.issued.append("encryption-config")
-        return
-    doc = {
-        "apiVersion": "apiserver.config.k8s.io/v1",
-        "kind": "EncryptionConfiguration",
-        "resources": [
-            {
-                "resources": ["secrets"],
-                "providers": [{"secretbox": {"keys": [{"name": "key1", "secret": secret}]}}, {"identity": {}}],
-            }
-        ],
-    }
-    _write(path, yaml.safe_dump(doc, sort_keys=False).encode(), 0o600)
-    result.issued.append("encryption-config")
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write through a temporary file created with the final mode, so a key is never world-readable."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode)
-    tmp.replace(path)
 
 
 def _write_if_changed(path: Path, data: bytes, mode: int, result: PkiResult) -> None:
     if path.exists() and path.read_bytes() == data:
         result.reused.append(path.name)
         return
-    _write(path, data, mode)
+    write_atomic(path, data, mode)
     result.issued.append(path.name)

@@ -16,10 +16,12 @@ import importlib.util
 import os
 import shlex
 import shutil
+import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,8 +252,11 @@ def run_playbook(
     strategy_name: str | None = None,
     host_key_checking: bool = False,
     name: str = "up",
+    rerun: str = "provisioner up",
 ) -> RunResult:
-    """Run a playbook against the cluster's inventory; raise PlaybookError naming host and task on failure."""
+    """Run a playbook against the cluster's inventory; raise PlaybookError naming host and task on failure.
+
+    `rerun` is the command a failure tells the user to run again once the cause is fixed."""
     import ansible_runner  # heavy import, only when a run happens
 
     chosen = strategy(strategy_name)
@@ -287,22 +292,24 @@ def run_playbook(
     started = time.monotonic()
     # run_async's two steps (prepare, then run in a thread) with the environment trimmed in between:
     # ansible-runner starts every run from a copy of os.environ and writes it to artifacts/run/command.
-    runner = ansible_runner.interface.init_runner(
-        private_data_dir=str(run_dir),
-        ident="run",
-        inventory=str(state.inventory_file),
-        cmdline=shlex.join(args),
-        extravars=dict(extravars or {}),
-        envvars=envvars,
-        event_handler=translator,
-        quiet=True,
-        suppress_env_files=False,
-        **kwargs,
-    )
-    runner.config.env = _trimmed(runner.config.env, envvars)
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    thread.join()
+    with _cancelled_by_signals() as cancelled:
+        runner = ansible_runner.interface.init_runner(
+            private_data_dir=str(run_dir),
+            ident="run",
+            inventory=str(state.inventory_file),
+            cmdline=shlex.join(args),
+            extravars=dict(extravars or {}),
+            envvars=envvars,
+            event_handler=translator,
+            cancel_callback=cancelled.is_set,
+            quiet=True,
+            suppress_env_files=False,
+            **kwargs,
+        )
+        runner.config.env = _trimmed(runner.config.env, envvars)
+        thread = threading.Thread(target=runner.run)
+        thread.start()
+        thread.join()
     seconds = time.monotonic() - started
     hosts = _host_stats(runner.stats or {})
     failed = runner.status != "successful" or any(h.failed or h.unreachable for h in hosts.values())
@@ -310,8 +317,49 @@ def run_playbook(
         translator.close(ok=not failed)
     result = RunResult(run_dir, chosen, seconds, hosts, translator.phases)
     if failed:
-        raise _error(result, translator.failures, str(runner.status), runner.rc)
+        raise _error(result, translator.failures, str(runner.status), runner.rc, rerun)
     return result
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while Ansible ran: handled like Ctrl-C (the run is cancelled, the CLI says how to
+    resume), with the exit status a terminated process has."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@dataclass
+class _Cancel:
+    received: list[int] = field(default_factory=list)
+
+    def is_set(self) -> bool:
+        return bool(self.received)
+
+
+@contextmanager
+def _cancelled_by_signals() -> Iterator[_Cancel]:
+    """Ctrl-C or SIGTERM during a run cancels it (ansible-runner stops ansible-playbook), then reaches the
+    caller as KeyboardInterrupt / Terminated once the run has stopped.
+
+    ansible-runner's own handler, installed when no cancel callback is given, stays installed after the
+    run and swallows every later SIGINT and SIGTERM: a `secrets rotate-key` or `up` went on to its next
+    step after a kill. Ours is installed for the run only and the previous handlers come back after it.
+    """
+    cancel = _Cancel()
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel  # only the main thread may set handlers; the caller's own handling stays
+        return
+    previous = {sig: signal.signal(sig, lambda number, frame: cancel.received.append(number)) for sig in _SIGNALS}
+    try:
+        yield cancel
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if cancel.received:
+        raise Terminated() if cancel.received[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _host_stats(stats: Mapping[str, Mapping[str, int]]) -> dict[str, HostStats]:
@@ -330,9 +378,11 @@ def _host_stats(stats: Mapping[str, Mapping[str, int]]) -> dict[str, HostStats]:
     return hosts
 
 
-def _error(result: RunResult, failures: list[_Failure], status: str, rc: int | None) -> PlaybookError:
+def _error(
+    result: RunResult, failures: list[_Failure], status: str, rc: int | None, rerun: str = "provisioner up"
+) -> PlaybookError:
     log = result.stdout
-    fix = f"the run's full log is {log}; fix the cause and run `provisioner up` again (it picks up where it stopped)"
+    fix = f"the run's full log is {log}; fix the cause and run `{rerun}` again (it picks up where it stopped)"
     # A failure inside a block that was rescued is not final; the rescue's own failure comes last.
     final = [
         f

@@ -56,6 +56,21 @@ class State:
         return self.root / "admin.kubeconfig"
 
     @property
+    def user_kubeconfig(self) -> Path:
+        """The admin kubeconfig as the user's own shell reaches the cluster (provisioner/admin.py)."""
+        return self.root / "kubeconfig"
+
+    @property
+    def merged_file(self) -> Path:
+        """What merging into the user's kubeconfig found there, so that destroy can put it back."""
+        return self.root / "merged-kubeconfig.json"
+
+    @property
+    def forwarder_file(self) -> Path:
+        """The loopback forwarder into the lab (provisioner/forwarder.py): pid, port, target."""
+        return self.root / "forwarder.json"
+
+    @property
     def runs_dir(self) -> Path:
         """ansible-runner private data dirs, one per run, kept for reading failures afterwards."""
         return self.root / "runs"

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from provisioner import hosts, providers, scaling, spec
-from provisioner.cli import artifacts, box, cluster, drift, verify
+from provisioner.cli import access, artifacts, box, cluster, drift, secrets, verify
 from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.errors import MachineError, SpecError
 from provisioner.events import EventBus
@@ -81,8 +81,15 @@ app.command("destroy")(cluster.destroy)
 app.command("reset")(cluster.reset)
 app.command("verify")(verify.verify)
 app.command("drift")(drift.drift)
+app.command("kubeconfig")(access.kubeconfig)
+app.command(
+    "kubectl",
+    # Everything after provisioner's own options goes to kubectl untouched, its options included.
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False},
+)(access.kubectl)
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(box.app, name="box")
+app.add_typer(secrets.app, name="secrets")
 
 
 @app.command()

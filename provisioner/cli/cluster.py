@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from provisioner import lifecycle, spec
+from provisioner import admin, lifecycle, spec
 from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.state import State
 
@@ -23,7 +23,8 @@ MergeOption = Annotated[
     bool,
     typer.Option(
         "--merge-kubeconfig/--no-merge-kubeconfig",
-        help="Also add the cluster as a named context to ~/.kube/config (removed again by destroy).",
+        help="Add the cluster as context <cluster> to ~/.kube/config (or $KUBECONFIG's first file); "
+        "destroy removes it again.",
     ),
 ]
 
@@ -41,7 +42,7 @@ def up(
             "Also $PROVISIONER_ANSIBLE_STRATEGY.",
         ),
     ] = None,
-    merge_kubeconfig: MergeOption = False,
+    merge_kubeconfig: MergeOption = True,
 ) -> None:
     """Create the machines, push the artifacts and converge the cluster (idempotent; re-run to resume)."""
     bus, renderer = cli_bus()
@@ -54,7 +55,7 @@ def up(
             bus,
             artifact_source=source,
             strategy=strategy,
-            merge_kubeconfig=Path.home() / ".kube" / "config" if merge_kubeconfig else None,
+            merge_kubeconfig=admin.default_target() if merge_kubeconfig else False,
         )
     table = Table(title=f"cluster {cluster.name} is up", title_justify="left")
     table.add_column("phase")
@@ -65,28 +66,27 @@ def up(
     console.print(table)
     console.print(f"Ansible: {result.changed} changed task(s), strategy {result.run.strategy}")
     console.print(f"run log: {result.run.stdout}")
-    console.print(f"kubeconfig: {result.kubeconfig}")
-    out.print(f"reach the cluster with:\n  {result.kubectl_hint()}")
+    access = result.admin
+    if access is not None:
+        console.print(f"kubeconfig: {access.kubeconfig} (server {access.server})", markup=False)
+        if access.merged_into is not None:
+            console.print(f"context {access.context} is in {access.merged_into}", markup=False)
+        console.print(access.kubectl_note, markup=False)
+    out.print(f"reach the cluster with:\n  {result.kubectl_hint()}", markup=False)
 
 
 def destroy(
     spec_file: SpecOption = None,
-    merge_kubeconfig: MergeOption = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Remove the machines and the cluster's PKI and kubeconfig; caches and run logs stay."""
+    """Remove the machines, the cluster's PKI and kubeconfigs and its context in yours; caches and logs stay."""
     bus, renderer = cli_bus()
     with fail_cleanly(renderer):
         cluster = spec.load(spec_path(spec_file))
         what = "its machines" if isinstance(cluster.spec.provider, spec.VagrantProvider) else "nothing on its hosts"
         if not yes and not typer.confirm(f"destroy cluster {cluster.name}: {what}, its PKI and kubeconfig?"):
             raise typer.Exit(1)
-        lifecycle.destroy(
-            cluster,
-            State.for_cluster(cluster.name),
-            bus,
-            merged_kubeconfig=Path.home() / ".kube" / "config" if merge_kubeconfig else None,
-        )
+        lifecycle.destroy(cluster, State.for_cluster(cluster.name), bus)
     renderer.summary()
 
 

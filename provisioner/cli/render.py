@@ -121,8 +121,8 @@ def fail_cleanly(renderer: Renderer | None = None) -> Iterator[None]:
         # The message quotes the user's input, which must not be read as rich markup ("[/]" would crash).
         console.print(f"[bold red]error:[/bold red] {escape(exc.message())}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if renderer is not None:
             renderer.summary("interrupted")
         console.print("interrupted; re-run the same command to continue from where it stopped")
-        sys.exit(130)
+        sys.exit(getattr(exc, "exit_code", 130))

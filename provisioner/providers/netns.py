@@ -7,20 +7,29 @@ outside it.
 
 The daemons also get a private mount namespace in which the lab's own directories are bound over
 /etc/libvirt, /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt and /run/libvirt: their definitions,
-leases and sockets never mix with a system libvirtd's, QEMU runs as root (so disks under a private state
-directory are readable without relabelling), and deleting the lab directory removes every trace. Clients
-reach the daemon through a socket under /run/provisioner/NAME, named in the connection URI.
+leases and sockets never mix with a system libvirtd's, and deleting the lab directory removes every
+trace. Clients reach the daemon through a socket under /run/provisioner/NAME, named in the connection URI.
+
+QEMU runs as the unprivileged `libvirt-qemu` user with libvirt's DAC labelling (each VM's disks, kernel,
+initrd and console log are handed to that user while it runs) and its seccomp sandbox: a guest that
+escapes QEMU is a user who owns nothing but the lab's disks, not root on the machine that holds every CA
+key. The lab's files live under root's private state directory (0700 all the way up), which that user
+cannot traverse; so in the daemons' mount namespace the first private directory on the way (e.g. /root)
+is replaced by a view holding only the path down to the lab's directory: QEMU and libvirtd see the lab
+and nothing else of root's home (no PKI, no SSH keys, no kubeconfig).
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.errors import MachineError, ToolMissing
@@ -31,6 +40,7 @@ DAEMONS = ("virtlogd", "libvirtd")  # start order; libvirtd connects to virtlogd
 NETNS_DIR = Path("/run/netns")
 QEMU_USER = "libvirt-qemu"
 RUNTIME_ROOT = Path("/run/provisioner")
+KVM_DEVICE = Path("/dev/kvm")
 # Bound over the system paths inside the daemons' mount namespace: (system path, lab subdirectory).
 PRIVATE_DIRS = (
     ("/etc/libvirt", "etc"),
@@ -49,13 +59,14 @@ auth_unix_rw = "none"
 auth_unix_ro = "none"
 """
 
-# QEMU as root without relabelling: the lab's disks and the box's kernel live in root's state directory.
-QEMU_CONF = """# provisioner lab
-user = "root"
-group = "root"
-dynamic_ownership = 0
+# QEMU unprivileged: libvirt hands each VM's files to this user while it runs (dynamic_ownership) and back
+# to root after; no xattrs to remember owners in (remember_owner off: the owner before is always root).
+QEMU_CONF = f"""# provisioner lab
+user = "{QEMU_USER}"
+group = "{QEMU_USER}"
+dynamic_ownership = 1
 remember_owner = 0
-security_driver = "none"
+seccomp_sandbox = 1
 """
 
 
@@ -86,12 +97,21 @@ def forget_neighbour(prefix: list[str], address: str) -> None:
 
 
 class LabNamespace:
-    """One cluster's namespace and its daemons; `root` holds the daemons' private directories."""
+    """One cluster's namespace and its daemons; `root` holds the daemons' private directories.
 
-    def __init__(self, name: str, root: Path) -> None:
+    `visible` is the directory whose files QEMU must open (the lab's disks, console logs and Vagrant's
+    box with the kernel): the daemons' view of the filesystem makes the way down to it traversable.
+    """
+
+    def __init__(self, name: str, root: Path, visible: Path | None = None) -> None:
         self.name = name
         self.root = root
+        self.visible = visible or root
         self.runtime = RUNTIME_ROOT / name
+
+    @property
+    def view(self) -> Path:
+        return self.runtime / "view"
 
     @property
     def prefix(self) -> list[str]:
@@ -139,6 +159,7 @@ class LabNamespace:
         # /run/libvirt), so a half-running pair is stopped and started again together.
         self.stop_daemons()
         _ensure_qemu_user()
+        _ensure_kvm_access()
         self._write_config()
         # The mount points may not exist yet on a machine where libvirtd never ran; empty dirs are harmless.
         binds = " && ".join(
@@ -147,7 +168,7 @@ class LabNamespace:
         )
         starts = " && ".join(f"{daemon} -d -p {shlex.quote(str(self.pidfile(daemon)))}" for daemon in DAEMONS)
         # -d daemonizes; no --listen (it wants TLS certificates): clients use the local socket.
-        script = f"set -e; {binds}; {starts}"
+        script = f"set -e; {self._view_script()} {binds}; {starts}"
         proc = subprocess.run(
             [*self.prefix, "unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             capture_output=True,
@@ -157,6 +178,22 @@ class LabNamespace:
         if proc.returncode != 0:
             raise MachineError(f"libvirtd in namespace {self.name}", proc.stderr.strip() or "failed to start")
         self._wait_for_libvirt(timeout)
+
+    def _view_script(self) -> str:
+        """Shell that replaces the first directory QEMU's user cannot traverse on the way to `visible`
+        with a view holding only that way down (bind mounts, inside the daemons' mount namespace)."""
+        hidden = private_ancestor(self.visible)
+        if hidden is None:
+            return ""
+        leaf = self.view / self.visible.relative_to(hidden)
+        shutil.rmtree(self.view, ignore_errors=True)
+        leaf.mkdir(parents=True)
+        for directory in (self.view, *leaf.relative_to(self.view).parents):
+            (self.view / directory).chmod(0o711)  # traversable, not listable
+        self.visible.chmod(self.visible.stat().st_mode | 0o011)
+        # The lab into the view, then the view (with that mount inside it: --rbind) over /root.
+        binds = [("--bind", self.visible, leaf), ("--rbind", self.view, hidden)]
+        return " ".join(f"mount {how} {shlex.quote(str(a))} {shlex.quote(str(b))} &&" for how, a, b in binds)
 
     def _write_config(self) -> None:
         for _, sub in PRIVATE_DIRS:
@@ -208,10 +245,43 @@ class LabNamespace:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def private_ancestor(path: Path) -> Path | None:
+    """The highest directory above `path` that others cannot traverse (no o+x), e.g. /root; None if none."""
+    for directory in reversed(path.parents):  # from / down
+        if not directory.stat().st_mode & 0o001:
+            return directory
+    return None
+
+
+@dataclass(frozen=True)
+class QemuProcess:
+    pid: int
+    uid: int
+    seccomp: int  # /proc/PID/status Seccomp: 0 none, 1 strict, 2 filter
+
+
+def qemu_processes(domain_prefix: str) -> dict[str, QemuProcess]:
+    """The lab's QEMU processes by libvirt domain name (`-name guest=NAME,...` on their command line)."""
+    found: dict[str, QemuProcess] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            status = dict(line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if not argv[0].endswith(b"qemu-system-x86_64") or b"-name" not in argv:
+            continue
+        name = argv[argv.index(b"-name") + 1].decode(errors="replace").removeprefix("guest=").split(",", 1)[0]
+        if name.startswith(domain_prefix):
+            found[name] = QemuProcess(int(proc.name), int(status["Uid"].split()[0]), int(status["Seccomp"]))
+    return found
+
+
 def _ensure_qemu_user() -> None:
-    """libvirtd's QEMU driver resolves its compiled-in user before reading qemu.conf, and refuses to start if
-    that user is missing, even though our qemu.conf runs QEMU as root. Debian's libvirt-daemon-system creates
-    it, but that package wants systemd; a system account with no login is all that is needed."""
+    """QEMU runs as this user. Debian's libvirt-daemon-system creates it, but that package wants systemd;
+    a system account with no login is all that is needed."""
     if subprocess.run(["getent", "passwd", QEMU_USER], capture_output=True, check=False).returncode == 0:
         return
     proc = subprocess.run(
@@ -227,6 +297,35 @@ def _ensure_qemu_user() -> None:
             f"libvirtd needs it and it could not be created: {proc.stderr.strip()}",
             "apt-get install libvirt-daemon-system, or create it: useradd --system --user-group libvirt-qemu",
         )
+
+
+def _ensure_kvm_access() -> None:
+    """/dev/kvm as udev leaves it on a Debian host: group kvm, read-write for it, QEMU's user a member.
+
+    libvirt checks whether QEMU's user may open /dev/kvm and compares that with what its capability
+    probe found. On a host where no udev ever ran (ours: /dev/kvm root-only), the two disagree and libvirt
+    probes QEMU again on every call, which made each `vagrant up` step take minutes. Where udev runs this
+    changes nothing. The lab's VMs use KVM only where the accelerator probe chose it.
+    """
+    if not KVM_DEVICE.exists():
+        return
+    try:
+        members = grp.getgrnam("kvm").gr_mem
+    except KeyError:
+        _must(["groupadd", "--system", "kvm"])
+        members = []
+    if QEMU_USER not in members:
+        _must(["usermod", "--append", "--groups", "kvm", QEMU_USER])
+    info = KVM_DEVICE.stat()
+    if info.st_gid == 0 and not info.st_mode & 0o060:
+        os.chown(KVM_DEVICE, -1, grp.getgrnam("kvm").gr_gid)
+        KVM_DEVICE.chmod(0o660)
+
+
+def _must(command: list[str]) -> None:
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise MachineError(" ".join(command), proc.stderr.strip() or f"exit {proc.returncode}")
 
 
 def list_namespaces() -> list[str]:

@@ -113,7 +113,9 @@ class VagrantLab(Provider):
 
     @property
     def namespace(self) -> netns.LabNamespace:
-        return netns.LabNamespace(netns.namespace_name(self.cluster.name), self.state.vagrant_dir / "libvirt")
+        return netns.LabNamespace(
+            netns.namespace_name(self.cluster.name), self.state.vagrant_dir / "libvirt", visible=self.state.vagrant_dir
+        )
 
     @property
     def isolated(self) -> bool:

@@ -29,9 +29,6 @@ from provisioner.verify.lab import (
     wait_ready_pods,
 )
 
-ETCDCTL = f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:{layout.PORTS['etcd_client']} {layout.ETCDCTL_TLS}"
-
-
 # --- checks: the cluster is whole ----------------------------------------------------------------------
 
 
@@ -139,7 +136,7 @@ def check_nodeport(lab: Lab) -> str:
 
 def etcd_get(lab: Lab, key: str, keys_only: bool = False) -> bytes:
     flag = "--keys-only" if keys_only else "--print-value-only"
-    return lab.ssh.run(lab.master.name, f"{ETCDCTL} get {flag} {key}", timeout=60).stdout
+    return lab.ssh.run(lab.master.name, f"{layout.ETCDCTL} get {flag} {key}", timeout=60).stdout
 
 
 def check_etcd_desired_state(lab: Lab) -> str:

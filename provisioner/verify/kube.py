@@ -1,4 +1,4 @@
-"""How verify talks to the lab: SSH to nodes, HTTP probes, bounded waits (kubectl is provisioner.kube's).
+"""How verify talks to the lab: HTTP probes and bounded waits (SSH is provisioner.hosts', kubectl provisioner.kube's).
 
 Every call is a subprocess started under the lab's command prefix (``ip netns exec NAME``), so no
 packet for the lab ever leaves from the host's own network namespace.
@@ -6,23 +6,18 @@ packet for the lab ever leaves from the host's own network namespace.
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
-from provisioner.errors import ProvisionerError
-from provisioner.hosts import HostConnection
+# Re-exported: the checks, the bench and the tests reach nodes through verify.kube's names.
+from provisioner.hosts import NodeCommandError as NodeCommandError
+from provisioner.hosts import Ssh as Ssh
 from provisioner.kube import KubectlError
 from provisioner.verify import probe
 
 T = TypeVar("T")
-
-
-class NodeCommandError(ProvisionerError):
-    """A command run on a node over SSH failed."""
 
 
 class CheckFailed(Exception):
@@ -51,51 +46,6 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float, interval: float 
         if time.monotonic() >= deadline:
             raise CheckFailed(f"waited {timeout:.0f}s for {what}; last seen: {last}")
         time.sleep(interval)
-
-
-@dataclass(frozen=True)
-class Ssh:
-    """Runs shell commands on nodes with plain OpenSSH under the lab prefix, one master connection per node."""
-
-    nodes: dict[str, HostConnection]
-    prefix: Sequence[str] = ()
-    options: Sequence[str] = field(default_factory=tuple)
-
-    def command(self, node: str, script: str) -> list[str]:
-        login = self.nodes[node]
-        if login.ssh_user != "root":
-            script = f"sudo -n sh -c {shlex.quote(script)}"
-        return [*login.ssh_argv(self.options, self.prefix), script]
-
-    def run(
-        self, node: str, script: str, check: bool = True, timeout: float = 60, input: bytes | None = None
-    ) -> subprocess.CompletedProcess[bytes]:
-        """Run a shell script on a node. Secrets go in `input`, never in the script: a failure names the script."""
-        if node not in self.nodes:
-            raise NodeCommandError(node, "not among the cluster's hosts", "check the node name against the spec")
-        try:
-            proc = subprocess.run(
-                self.command(node, script), input=input, capture_output=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise NodeCommandError(
-                f"{node}: {script}", f"no answer within {timeout:.0f}s", "check that the node is up"
-            ) from None
-        if check and proc.returncode != 0:
-            raise NodeCommandError(
-                f"{node}: {script}",
-                proc.stderr.decode(errors="replace").strip() or f"exit code {proc.returncode}",
-                "read the node's journal (`journalctl -u UNIT`)",
-            )
-        return proc
-
-    def close(self, node: str) -> None:
-        """Stop the shared connection to a node (before it reboots, so no client reuses a dead one)."""
-        argv = self.nodes[node].ssh_argv(self.options, self.prefix, extra=["-O", "exit"])
-        subprocess.run(argv, capture_output=True, timeout=30, check=False)
-
-    def text(self, node: str, script: str, timeout: float = 60, input: bytes | None = None) -> str:
-        return self.run(node, script, timeout=timeout, input=input).stdout.decode(errors="replace").strip()
 
 
 def http_get(prefix: Sequence[str], url: str, timeout: float = 10) -> str:

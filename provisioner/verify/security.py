@@ -6,25 +6,32 @@ member listens on the master's loopback only, so a worker cannot even connect to
 serve the other masters on the node network, where TLS alone refuses a worker. The check presents the
 worker's own certificate (read from the worker) on the master, where its member listens, next to etcd's
 own certificates as the control that the probe itself works.
+
+`secrets-current-key`: every Secret in etcd is stored under the first key of the encryption config the
+master's apiserver reads, so no Secret still depends on a key a rotation (or a person) meant to retire.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import pwd
 import re
 import secrets
 import shlex
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from provisioner import endpoints, layout
+from provisioner import encryption, endpoints, layout
+from provisioner.providers import netns
+from provisioner.providers.vagrant import VagrantLab
 from provisioner.verify import probe
 from provisioner.verify.kube import CheckFailed, NotYet, wait_for
-from provisioner.verify.lab import ClusterCheck, Lab, agnhost_deployment, scratch_namespace
+from provisioner.verify.lab import ClusterCheck, Lab, Skip, agnhost_deployment, scratch_namespace
 
 # Runs on the master with the worker's certificate and key on stdin (never on a command line, which a
 # failure would print): a TLS handshake and GET /version on each port, once per identity.
@@ -210,6 +217,52 @@ def check_audit_logged(lab: Lab) -> str:
     return f"GET namespace {marker} recorded in {AUDIT_LOG} on {lab.master.name} ({count} line(s))"
 
 
+def judge_current_key(current: str, stored: dict[str, str]) -> str:
+    """Every Secret etcd holds is under `current` (encryption.envelope's terms, e.g. "secretbox:key1")."""
+    others = {name: how for name, how in stored.items() if how != current}
+    if others:
+        raise CheckFailed(
+            f"{len(others)} of {len(stored)} Secret(s) in etcd are not under the config's first key {current}: "
+            f"{encryption.describe(others)}; `provisioner secrets rotate-key` writes every Secret again"
+        )
+    if not stored:
+        return f"etcd holds no Secret yet; a new one goes under {current}"
+    return f"all {len(stored)} Secret(s) in etcd are stored under {current}, the config's first key"
+
+
+def check_secrets_current_key(lab: Lab) -> str:
+    master = lab.master.name
+    source = f"{master}:{layout.ENCRYPTION_CONFIG}"
+    # Parsed here, never shown: the file holds the keys.
+    config = encryption.parse_config(lab.ssh.run(master, f"cat {layout.ENCRYPTION_CONFIG}").stdout, source)
+    current = encryption.current_envelope(config, source)
+    listing = lab.ssh.run(master, encryption.etcdctl_get(encryption.SECRETS_PREFIX, prefix=True), timeout=120)
+    return judge_current_key(current, encryption.stored_under(listing.stdout))
+
+
+def check_qemu_unprivileged(lab: Lab) -> str:
+    """Every lab VM's QEMU runs as libvirt-qemu (not root) under seccomp, and sees none of root's files."""
+    provider = lab.provider
+    if not isinstance(provider, VagrantLab) or not provider.isolated:
+        raise Skip("no lab VMs on this machine (static hosts, or a system libvirtd's own settings)")
+    uid = pwd.getpwnam(netns.QEMU_USER).pw_uid
+    found = netns.qemu_processes(provider.names["prefix"])
+    missing = sorted(f"{provider.names['prefix']}{n.name}" for n in lab.cluster.spec.nodes) - found.keys()
+    problems = [f"no QEMU process for {name}" for name in sorted(missing)]
+    for name, proc in sorted(found.items()):
+        if proc.uid != uid:
+            problems.append(f"{name} (pid {proc.pid}) runs as uid {proc.uid}, not {netns.QEMU_USER} ({uid})")
+        if proc.seccomp != 2:
+            problems.append(f"{name} (pid {proc.pid}) has no seccomp filter (Seccomp: {proc.seccomp})")
+        # What QEMU would see of the cluster's keys, through its own mount namespace.
+        seen = Path(f"/proc/{proc.pid}/root") / provider.state.pki_dir.relative_to("/")
+        if seen.exists():
+            problems.append(f"{name} (pid {proc.pid}) can see {provider.state.pki_dir}")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    return f"{len(found)} QEMU process(es) as {netns.QEMU_USER} (uid {uid}), seccomp filter on, PKI not visible"
+
+
 GROUP = [
     ClusterCheck(
         "anonymous-refused",
@@ -223,9 +276,20 @@ GROUP = [
     ),
     ClusterCheck("audit-logged", "a request made now is recorded in the apiserver's audit log", check_audit_logged),
     ClusterCheck(
+        "qemu-unprivileged",
+        "each lab VM's QEMU runs as an unprivileged user under a seccomp filter and cannot see the cluster's keys",
+        check_qemu_unprivileged,
+    ),
+    ClusterCheck(
         "etcd-refuses-workers",
         "a worker's kubelet certificate is refused on etcd's client and peer ports (etcd's own are accepted), "
         "and, with one master, no worker connects to either",
         check_etcd_refuses_workers,
+    ),
+    ClusterCheck(
+        "secrets-current-key",
+        "every Secret in etcd is stored under the encryption config's first (current) key, "
+        "none under an older key or in plain text",
+        check_secrets_current_key,
     ),
 ]

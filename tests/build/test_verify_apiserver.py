@@ -27,7 +27,7 @@ from provisioner.artifacts.layout import ArtifactSet
 from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
 from provisioner.kube import Kubectl, KubectlError
-from provisioner.layout import DIRS, ETCDCTL_TLS, PORTS
+from provisioner.layout import DIRS, PORTS
 from provisioner.paths import cache_root, default_spec
 from provisioner.state import State
 from provisioner.verify import cluster as checks
@@ -225,8 +225,7 @@ def test_an_unencrypted_secret_would_be_caught(control_plane: ControlPlane) -> N
     key = "/registry/secrets/default/plain"
     lab.ssh.run(
         "master",
-        f"etcdctl --endpoints=https://127.0.0.1:{PORTS['etcd_client']} {ETCDCTL_TLS}"
-        f" put {key} verify-plaintext-0123456789abcdef",
+        f"{layout.ETCDCTL} put {key} verify-plaintext-0123456789abcdef",
     )
     with pytest.raises(CheckFailed) as err:
         checks.judge_stored_secret(key, checks.etcd_get(lab, key), "verify-plaintext-0123456789abcdef")

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from labcluster import LabCluster
 
-from provisioner import hosts, lifecycle, paths, spec
+from provisioner import forwarder, hosts, lifecycle, paths, spec
 from provisioner.events import EventBus, Recorder
 from provisioner.lifecycle import UpResult
 from provisioner.providers import for_cluster
@@ -31,12 +32,24 @@ LOCK = Path("/tmp/provisioner-lab.lock")
 KEEP_ENV = "PROVISIONER_KEEP_LAB"
 
 
+# A user's kubeconfig with a cluster of their own, as the session finds it before `up` merges into it.
+USER_KUBECONFIG = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    "clusters": [{"name": "elsewhere", "cluster": {"server": "https://127.0.0.1:1"}}],
+    "users": [{"name": "admin", "user": {"token": "not-a-real-token"}}],
+    "contexts": [{"name": "elsewhere", "context": {"cluster": "elsewhere", "user": "admin"}}],
+    "current-context": "elsewhere",
+}
+
+
 @dataclass
 class LabSession:
     lab: LabCluster
     first_up: UpResult
     events: Recorder
     created: bool
+    user_kubeconfig: Path | None  # the kubeconfig the session's `up` merged into (None: a reused lab's own)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -62,7 +75,10 @@ def lab_lock() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def lab_session(lab_lock: None) -> Iterator[LabSession]:
+def lab_session(lab_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
+    """A lab this session creates merges its context into a user kubeconfig of the session's own
+    (holding another cluster), and destroying it must leave that file as it was. A running lab is
+    reused and keeps its context wherever its own `up` merged it."""
     cluster = spec.load(paths.default_spec())
     state = State.for_cluster(cluster.name)
     events = Recorder()
@@ -70,16 +86,25 @@ def lab_session(lab_lock: None) -> Iterator[LabSession]:
     bus.subscribe(events)
     existed = all(m.state == "running" for m in for_cluster(cluster, state, bus).status())
     created = not existed
+    user_kubeconfig = None
+    if created:
+        user_kubeconfig = tmp_path_factory.mktemp("home") / ".kube" / "config"
+        user_kubeconfig.parent.mkdir()
+        user_kubeconfig.write_text(yaml.safe_dump(USER_KUBECONFIG, sort_keys=False))
     try:
-        result = lifecycle.up(cluster, state, bus)
+        result = lifecycle.up(cluster, state, bus, merge_kubeconfig=user_kubeconfig)
     except BaseException:
         if created and not os.environ.get(KEEP_ENV):
             lifecycle.destroy(cluster, state, EventBus())
         raise
     lab = LabCluster(cluster, state, result.prefix, result.kubeconfig, result.kubectl)
-    yield LabSession(lab, result, events, created)
+    yield LabSession(lab, result, events, created, user_kubeconfig)
     if created and not os.environ.get(KEEP_ENV):
         lifecycle.destroy(cluster, state, EventBus())
+        assert user_kubeconfig is not None
+        left = yaml.safe_load(user_kubeconfig.read_text())
+        assert left == USER_KUBECONFIG, f"destroy left {user_kubeconfig} changed: {left}"
+        assert forwarder.running(state) is None, "destroy left the loopback forwarder running"
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +118,11 @@ def lab_ssh(lab_cluster: LabCluster) -> Ssh:
     state = lab_cluster.state
     options = hosts.ssh_options(state.known_hosts, strict=False, control_dir=state.ssh_control_dir, persist="120s")
     return Ssh({h.name: h for h in hosts.load(state)}, lab_cluster.prefix, options)
+
+
+@pytest.fixture(scope="session")
+def user_kubeconfig(lab_session: LabSession) -> Path | None:
+    return lab_session.user_kubeconfig
 
 
 @pytest.fixture(scope="session")

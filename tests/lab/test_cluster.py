@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from labcluster import LabCluster
 
-from provisioner import lifecycle
+from provisioner import admin, forwarder, lifecycle
 from provisioner.artifacts import image_names
 from provisioner.events import EventBus
 from provisioner.lifecycle import UpResult
@@ -116,8 +116,15 @@ def test_first_up_reported_every_phase_with_its_duration(first_up: UpResult) -> 
 
 
 def test_up_again_changes_nothing(lab_cluster: LabCluster) -> None:
+    """...on the nodes, and on the admin machine: the same forwarder, the same user kubeconfig."""
     lab = lab_cluster
+    fwd = forwarder.running(lab.state)
+    merged = admin.merged_path(lab.state)
+    merged_text = merged.read_text() if merged else None
     again = lifecycle.up(lab.cluster, lab.state, EventBus())
+    assert forwarder.running(lab.state) == fwd, "the next up started another forwarder"
+    if merged is not None:
+        assert merged.read_text() == merged_text, f"the next up rewrote {merged}"
     per_host = {host: stats.changed for host, stats in again.run.hosts.items()}
     assert per_host == dict.fromkeys(per_host, 0), f"changed tasks per host: {per_host}; see {again.run.stdout}"
     assert set(per_host) == {n.name for n in lab.cluster.spec.nodes}

@@ -205,8 +205,8 @@ def _overlay() -> dict[str, Any]:
 def _installed(role: str) -> set[str]:
     """Files the playbooks put on a node of this role: units, configurations, PKI files and kubeconfigs."""
     site = yaml.safe_load((paths.REPO_ROOT / "playbooks" / "site.yml").read_text())
-    play = next(p for p in site if p["name"] == f"PKI: {role}s")
-    certs = {f"{layout.DIRS.kube}/{f['dest']}" for f in play["roles"][0]["vars"]["certs_files"]}
+    plays = [p for p in site if p["name"].startswith("PKI: ") and p["hosts"] == f"{role}s"]
+    certs = {f"{layout.DIRS.kube}/{f['dest']}" for p in plays for f in p["roles"][0]["vars"]["certs_files"]}
     units = {f"{layout.DIRS.units}/{u.name}.service" for u in layout.units_for(role)}
     configs = {
         "master": {f"{layout.DIRS.kube}/kube-scheduler.yaml", layout.DIRS.etcd_data},

@@ -1,8 +1,7 @@
-"""Pieces of `up` that need no machine: merging the admin kubeconfig into a user's kubeconfig, preflight."""
+"""Pieces of `up` that need no machine: the hint it prints, preflight, reset's confirmation."""
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +10,7 @@ import yaml
 from pytest import MonkeyPatch
 from typer.testing import CliRunner
 
-from provisioner import cli, inventory, lifecycle, paths, pki, preflight, spec
+from provisioner import cli, inventory, lifecycle, paths, preflight, spec
 from provisioner.errors import MachineError
 from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
@@ -19,45 +18,15 @@ from provisioner.providers.vagrant import generate_ssh_key
 from provisioner.state import State
 
 
-def test_merge_adds_the_cluster_as_a_named_context_and_keeps_others(tmp_path: Path) -> None:
-    cluster = spec.load(paths.default_spec())
-    state = State(tmp_path / "state")
-    pki.ensure(cluster, state)
-    user_config = tmp_path / "kube" / "config"
-    user_config.parent.mkdir()
-    other = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "prod", "cluster": {"server": "https://prod:6443"}}],
-        "users": [{"name": "me", "user": {"token": "x"}}],
-        "contexts": [{"name": "prod", "context": {"cluster": "prod", "user": "me"}}],
-        "current-context": "prod",
-    }
-    user_config.write_text(yaml.safe_dump(other))
-
-    admin = state.pki_dir / "kubeconfigs" / "admin.kubeconfig"
-    lifecycle.merge_into(user_config, admin)
-    lifecycle.merge_into(user_config, admin)  # twice: replaced, not duplicated
-    merged = yaml.safe_load(user_config.read_text())
-    assert [c["name"] for c in merged["contexts"]] == ["prod", "lab"]
-    assert merged["current-context"] == "prod"
-    assert stat.S_IMODE(user_config.stat().st_mode) == 0o600
-
-    lifecycle.unmerge(user_config, "lab")
-    left = yaml.safe_load(user_config.read_text())
-    assert [c["name"] for c in left["contexts"]] == ["prod"]
-    assert [u["name"] for u in left["users"]] == ["me"]
-
-
-def test_kubectl_hint_runs_inside_the_lab_namespace(tmp_path: Path) -> None:
+def test_kubectl_hint_names_the_merged_context(tmp_path: Path) -> None:
+    access = lifecycle.AdminAccess(tmp_path / "kubeconfig", "https://127.0.0.1:40000", "lab", tmp_path / "c", "")
     result = lifecycle.UpResult(
-        kubeconfig=tmp_path / "admin.kubeconfig",
-        prefix=["ip", "netns", "exec", "prov-lab"],
-        kubectl=tmp_path / "kubectl",
-        run=None,  # type: ignore[arg-type]
-    )
-    assert result.kubectl_hint().startswith("ip netns exec prov-lab ")
-    assert result.kubectl_hint().endswith("get nodes")
+        tmp_path / "admin.kubeconfig", ["ip", "netns", "exec", "prov-lab"], tmp_path, None, [], access
+    )  # type: ignore[arg-type]
+    assert result.kubectl_hint() == "kubectl --context lab get nodes"
+    opted_out = lifecycle.AdminAccess(tmp_path / "kubeconfig", "https://127.0.0.1:40000", "lab", None, "")
+    result.admin = opted_out
+    assert result.kubectl_hint() == f"kubectl --kubeconfig {tmp_path / 'kubeconfig'} get nodes"
 
 
 def test_reset_asks_before_touching_any_node_and_no_stops_it(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:

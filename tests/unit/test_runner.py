@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import localnode
@@ -157,3 +161,62 @@ def test_strategy_defaults_to_mitogen_and_env_overrides(monkeypatch: pytest.Monk
 def test_play_names_map_to_phases() -> None:
     assert runner.phase_of("Control plane: masters") == "control plane"
     assert runner.phase_of("PKI: workers") == "pki"
+
+
+SLOW = """
+- name: "Delta: local"
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Take long
+      ansible.builtin.command: sleep 60
+      changed_when: false
+"""
+
+# Runs a slow playbook in a process of its own, then reports how the run ended and whether SIGTERM
+# still has its default action afterwards (ansible-runner's own handler would have stayed, swallowing it).
+_DRIVER = """
+import signal, sys
+sys.path.insert(0, sys.argv[3])
+import localnode
+from pathlib import Path
+from provisioner import runner
+from provisioner.events import EventBus
+state = localnode.local_state(Path(sys.argv[1]), localnode.one_host("box"))
+try:
+    runner.run_playbook(state, EventBus(), playbook=Path(sys.argv[2]), strategy_name="linear")
+    print("finished")
+except runner.Terminated:
+    print("terminated", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+except KeyboardInterrupt:
+    print("interrupted", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+
+
+@pytest.mark.parametrize(
+    ("sig", "expected"), [(signal.SIGTERM, "terminated True"), (signal.SIGINT, "interrupted True")]
+)
+def test_a_signal_during_a_run_stops_it_and_reaches_the_caller(tmp_path: Path, sig: int, expected: str) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _DRIVER,
+            str(tmp_path / "state"),
+            str(_write(tmp_path, SLOW)),
+            str(Path(__file__).parent),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "state" / "runs").glob("*/artifacts/run/job_events/*")):
+        assert time.monotonic() < deadline, "the playbook never started"
+        time.sleep(0.2)
+    time.sleep(2)  # inside the 60 s task by now
+    started = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=45)
+    assert out.split("\n")[-2] == expected, err[-2000:]
+    assert time.monotonic() - started < 40, "the run was not cancelled: it waited for the task"

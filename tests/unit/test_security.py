@@ -1,7 +1,8 @@
 """etcd has a CA of its own: a worker's certificate is refused, and verify's probe tells the two apart.
 
 The probe script verify runs on the master is run here for real, against loopback TLS servers that demand
-client certificates from etcd's CA, as etcd does.
+client certificates from etcd's CA, as etcd does. secrets-current-key judges a real etcdctl listing against
+the first key of an encryption config written by provisioner.encryption.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 
-from provisioner import paths, pki, spec
+from provisioner import encryption, layout, paths, pki, spec
+from provisioner.hosts import HostConnection, Ssh
 from provisioner.state import State
 from provisioner.verify import security
 from provisioner.verify.kube import CheckFailed
+from provisioner.verify.lab import Lab
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +187,63 @@ def test_the_anonymous_probe_reads_the_status_a_request_without_credentials_gets
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     assert "Connection refused" in str(security._anonymous_status([], f"http://127.0.0.1:{closed}/"))
+
+
+# Recorded from etcdctl v3.6: a and b stored under key1, c under key2, default/plain not encrypted.
+ETCDCTL_SECRETS = Path(__file__).parent / "data" / "etcdctl-secrets.json"
+
+
+def _encryption_pki(tmp_path: Path) -> Path:
+    pki_dir = tmp_path / "encryption-pki"
+    pki_dir.mkdir()
+    encryption.ensure_config(pki_dir)
+    return pki_dir
+
+
+# --- secrets-current-key: every Secret under the config's first key ------------------------------------
+
+
+def test_secrets_current_key_passes_when_every_secret_is_under_the_first_key() -> None:
+    detail = security.judge_current_key("secretbox:key1", {"default/a": "secretbox:key1", "x/y": "secretbox:key1"})
+    assert detail == "all 2 Secret(s) in etcd are stored under secretbox:key1, the config's first key"
+
+
+def test_secrets_current_key_names_the_secrets_under_another_key_or_in_plain_text() -> None:
+    stored = encryption.stored_under(ETCDCTL_SECRETS.read_bytes())
+    with pytest.raises(CheckFailed) as failed:
+        security.judge_current_key("secretbox:key2", stored)
+    assert str(failed.value) == (
+        "3 of 4 Secret(s) in etcd are not under the config's first key secretbox:key2: plain text: default/plain; "
+        "secretbox:key1: default/a, kube-system/b; `provisioner secrets rotate-key` writes every Secret again"
+    )
+
+
+@dataclass(frozen=True)
+class MasterFiles(Ssh):
+    """The master's answers to the check's two commands: its encryption config and the etcd listing."""
+
+    config: bytes = b""
+
+    def run(self, node: str, script: str, check: bool = True, timeout: float = 60, input: bytes | None = None) -> Any:
+        if script == f"cat {layout.ENCRYPTION_CONFIG}":
+            return subprocess.CompletedProcess([script], 0, self.config, b"")
+        assert script == encryption.etcdctl_get(encryption.SECRETS_PREFIX, prefix=True)
+        return subprocess.CompletedProcess([script], 0, ETCDCTL_SECRETS.read_bytes(), b"")
+
+
+def test_secrets_current_key_reads_the_first_key_from_the_master_s_own_file(tmp_path: Path) -> None:
+    """After someone puts a new first key into the master's file and never rewrites: a and b are under key1."""
+    pki_dir = _encryption_pki(tmp_path)
+    doc = encryption.read_config(pki_dir)
+    keys = doc["resources"][0]["providers"][0]["secretbox"]["keys"]
+    encryption.write_config(pki_dir, encryption.with_secretbox_keys(doc, [{"name": "key2", "secret": "eA=="}, *keys]))
+    master = HostConnection("master", "master", "192.168.56.10", "127.0.0.1", 22, "root", Path("/k"))
+    ssh = MasterFiles({"master": master}, config=encryption.config_path(pki_dir).read_bytes())
+    lab = Lab(spec.load(paths.default_spec()), None, ssh, [], "agnhost")  # type: ignore[arg-type]
+    with pytest.raises(CheckFailed) as failed:
+        security.check_secrets_current_key(lab)
+    assert (
+        "not under the config's first key secretbox:key2: plain text: default/plain; secretbox:key1: default/a"
+        in str(failed.value)
+    )
+    assert "secrets-current-key" in [c.id for c in security.GROUP]

@@ -29,7 +29,6 @@ FORBIDDEN = [a.name for a in layout.files_for("worker") if a.kind == "bin" and "
 PROGRAM_DIRS = [layout.DIRS.bin, "/usr/local/sbin", "/usr/bin", "/usr/sbin", layout.DIRS.cni_bin]
 PKI = layout.DIRS.pki
 KUBE = layout.DIRS.kube
-ETCDCTL = f"etcdctl --endpoints=https://127.0.0.1:{layout.PORTS['etcd_client']} {layout.ETCDCTL_TLS}"
 
 
 @pytest.mark.parametrize("unit", [u.name for u in CONTROL_PLANE])
@@ -61,7 +60,7 @@ def test_etcd_healthy(host: Host) -> None:
     """etcd answers `etcdctl endpoint health` over TLS with the apiserver's client certificate"""
     # Generous timeouts and three tries: an emulated master can take seconds to commit one proposal.
     for _ in range(3):
-        cmd = host.run(f"{ETCDCTL} --dial-timeout=20s --command-timeout=30s endpoint health")
+        cmd = host.run(f"{layout.ETCDCTL} --dial-timeout=20s --command-timeout=30s endpoint health")
         if cmd.rc == 0 and "is healthy" in cmd.stdout + cmd.stderr:
             return
     # etcdctl's own verdict, not its retry warnings (JSON log lines).
