@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from provisioner import layout
+from provisioner import endpoints, layout, pki
 from provisioner.artifacts.layout import image_names
 from provisioner.hosts import HostConnection
 from provisioner.spec import Cluster, VagrantProvider
@@ -20,6 +20,9 @@ from provisioner.state import State
 from provisioner.versions import components
 
 GROUPS = {"master": "masters", "worker": "workers"}
+# The workers that run the load balancer in front of the apiservers: all of them when there are several
+# masters, none with one. site.yml's load balancer play runs on this group.
+APISERVER_LB_GROUP = "apiserver_lb"
 
 
 def machine_list(cluster: Cluster) -> list[dict[str, Any]]:
@@ -66,6 +69,11 @@ def pod_routes(cluster: Cluster, name: str) -> list[str]:
 
 
 def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
+    node = cluster.node(host.name)
+    own: dict[str, Any] = {}
+    if node.role == "master":
+        # The PKI directory's files this master installs as its etcd-server and etcd-peer certificates.
+        own["node_etcd_certs"] = pki.etcd_certs(cluster, node)
     return {
         "ansible_host": host.ssh_host,
         "ansible_port": host.ssh_port,
@@ -77,6 +85,7 @@ def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
         "node_role": host.role,
         "node_pod_cidr": str(cluster.pod_cidrs[host.name]),
         "node_pod_routes": pod_routes(cluster, host.name),
+        **own,
     }
 
 
@@ -84,6 +93,10 @@ def inventory(cluster: Cluster, hosts: list[HostConnection]) -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {g: {"hosts": {}} for g in GROUPS.values()}
     for host in hosts:
         groups[GROUPS[host.role]]["hosts"][host.name] = host_vars(cluster, host)
+    lb = layout.unit(layout.APISERVER_LB_UNIT)
+    groups[APISERVER_LB_GROUP] = {
+        "hosts": {h.name: {} for h in hosts if h.role in lb.roles and lb.installed_with(len(cluster.masters))}
+    }
     return {"all": {"children": {"k8s_cluster": {"children": groups}}}}
 
 
@@ -91,7 +104,6 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
     """Cluster-wide variables every role reads. Role-specific defaults live in each role."""
     net = cluster.spec.network
     pins = components(cluster.spec.kubernetes.version)
-    masters = cluster.masters
     return {
         "cluster_name": cluster.name,
         "kubernetes_version": pins.kubernetes,
@@ -108,10 +120,10 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
         "apiserver_service_ip": str(net.apiserver_service_ip),
         "cluster_dns_ip": str(net.dns_service_ip),
         "kube_proxy_mode": net.proxy_mode,
-        "apiserver_address": str(masters[0].address),
-        "apiserver_port": layout.PORTS["apiserver"],
         "pod_cidrs": {name: str(cidr) for name, cidr in cluster.pod_cidrs.items()},
         "node_addresses": {n.name: str(n.address) for n in cluster.spec.nodes},
+        # etcd's members, name and address (loopback for a lone one): the etcd role's cluster, the apiserver's servers.
+        "etcd_members": [{"name": m.name, "address": m.address} for m in endpoints.etcd_members(cluster)],
         "artifacts_dir": str(artifacts_dir),
         # Units carry their binary's checksum, so a new binary restarts its service like a new config.
         "artifact_checksums": _checksums(artifacts_dir),

@@ -67,6 +67,11 @@ ADMINS_GROUP = "provisioner:cluster-admins"
 # The apiserver's identity towards kubelets, bound to system:kubelet-api-admin (CIS 5.1.7: not system:masters).
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 
+# The common name of every etcd peer certificate when etcd has several members, and the only one a member
+# accepts from a peer (--peer-cert-allowed-cn): the apiserver's etcd client certificate, signed by the same
+# CA, cannot pose as a member.
+ETCD_PEER_CN = "etcd-peer"
+
 # etcdctl's TLS flags as the apiserver talks to etcd: etcd's own CA, the apiserver's etcd client certificate.
 ETCDCTL_TLS = (
     f"--cacert={DIRS.pki}/etcd-ca.crt --cert={DIRS.pki}/apiserver-etcd-client.crt "
@@ -76,6 +81,9 @@ ETCDCTL_TLS = (
 # Every TCP port a component listens on.
 PORTS = {
     "apiserver": 6443,
+    # On a worker of a cluster with several masters: the load balancer in front of every master's apiserver,
+    # on loopback (Kubespray's localhost:6443 on nodes that run no apiserver of their own).
+    "apiserver_lb": 6443,
     "etcd_client": 2379,
     "etcd_peer": 2380,
     "etcd_metrics": 2381,
@@ -173,6 +181,16 @@ class Unit:
     roles: tuple[str, ...]
     binary: str | None  # bin/NAME of the artifact set; its checksum is written into the unit
     ports: tuple[str, ...] = ()  # keys of PORTS
+    ha_only: bool = False  # installed only on a cluster with several masters
+
+    def installed_with(self, masters: int) -> bool:
+        """Whether a cluster with this many masters has the unit (on the nodes of its roles)."""
+        return masters > 1 or not self.ha_only
+
+
+# The workers' load balancer in front of the apiservers (haproxy, from Debian's package, not the artifact set).
+# With one master the workers talk to that master directly and the unit is not installed (endpoints.py).
+APISERVER_LB_UNIT = "kube-apiserver-lb"
 
 
 # In the order the playbooks start them; reset stops them the other way round (consumers first).
@@ -182,6 +200,7 @@ UNITS = (
     Unit("kube-apiserver", _M, "bin/kube-apiserver", ("apiserver",)),
     Unit("kube-controller-manager", _M, "bin/kube-controller-manager", ("controller_manager",)),
     Unit("kube-scheduler", _M, "bin/kube-scheduler", ("scheduler",)),
+    Unit(APISERVER_LB_UNIT, _W, None, ("apiserver_lb",), ha_only=True),
     Unit("containerd", _W, "bin/containerd"),
     Unit("kubelet", _W, "bin/kubelet", ("kubelet", "kubelet_healthz")),
     Unit("kube-proxy", _W, "bin/kube-proxy", ("kube_proxy_healthz",)),
@@ -189,7 +208,13 @@ UNITS = (
 
 
 def units_for(role: str) -> tuple[Unit, ...]:
+    """Every unit a node of this role may run."""
     return tuple(u for u in UNITS if role in u.roles)
+
+
+def installed_units(role: str, masters: int) -> tuple[Unit, ...]:
+    """The units a node of this role runs in a cluster with this many masters."""
+    return tuple(u for u in units_for(role) if u.installed_with(masters))
 
 
 def unit(name: str) -> Unit:
@@ -223,6 +248,7 @@ def group_vars() -> dict[str, object]:
         "cluster_domain": CLUSTER_DOMAIN,
         "admins_group": ADMINS_GROUP,
         "apiserver_kubelet_client": APISERVER_KUBELET_CLIENT,
+        "etcd_peer_cn": ETCD_PEER_CN,
         "containerd_socket": CONTAINERD_SOCKET,
         "admin_conf": ADMIN_CONF,
         "super_admin_conf": SUPER_ADMIN_CONF,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from provisioner import admin, forwarder, inventory, pki, preflight, providers, runner
+from provisioner import admin, endpoints, forwarder, inventory, pki, preflight, providers, runner
 from provisioner import hosts as hosts_mod
 from provisioner.artifacts import artifact_set
 from provisioner.artifacts import ensure as ensure_artifacts
@@ -25,7 +25,6 @@ from provisioner.artifacts.serve import serving
 from provisioner.errors import ProvisionerError
 from provisioner.events import Event, EventBus, Phase, PhaseFinished
 from provisioner.kube import Kubectl, KubectlError
-from provisioner.layout import PORTS
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
 
@@ -154,9 +153,10 @@ def _set_up_admin_machine(
     cluster: Cluster, state: State, prefix: list[str], kubectl: Path, merge_into: Path | Literal[False] | None
 ) -> AdminAccess:
     """kubectl on PATH and a context that works from the user's shell, through the forwarder when isolated."""
-    direct = f"https://{cluster.masters[0].address}:{PORTS['apiserver']}"
+    direct = endpoints.admin_apiserver(cluster)
     if prefix:
-        fwd = forwarder.ensure(state, prefix, f"{cluster.masters[0].address}:{PORTS['apiserver']}")
+        master = endpoints.admin_master(cluster)
+        fwd = forwarder.ensure(state, prefix, f"{master.address}:{endpoints.APISERVER_PORT}")
         server = fwd.url
     else:
         forwarder.stop(state)
@@ -252,9 +252,9 @@ def _wait_for_api(kubectl: Kubectl, cluster: Cluster) -> None:
             return
         last = (done.stderr or done.stdout).strip()
         time.sleep(3)
-    master = cluster.masters[0]
+    master = endpoints.admin_master(cluster)
     raise ClusterNotReady(
-        f"apiserver https://{master.address}:{PORTS['apiserver']}",
+        f"apiserver {endpoints.admin_apiserver(cluster)}",
         f"does not answer `kubectl get nodes` from the admin machine within {ADMIN_WAIT_SECONDS} s: {last}",
         f"check the route to {master.address} (inside the lab namespace when isolated) and "
         f"`journalctl -u kube-apiserver` on {master.name}",

@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provisioner import encryption
+from provisioner import encryption, endpoints
 from provisioner.errors import ProvisionerError
 from provisioner.files import write_atomic
-from provisioner.layout import ADMINS_GROUP, APISERVER_KUBELET_CLIENT, CLUSTER_DOMAIN, PORTS
-from provisioner.spec import Cluster
+from provisioner.layout import ADMINS_GROUP, APISERVER_KUBELET_CLIENT, CLUSTER_DOMAIN, ETCD_PEER_CN
+from provisioner.spec import Cluster, Node
 from provisioner.state import State
 
 CA_DAYS = 3650
@@ -88,36 +88,47 @@ class PkiResult:
 CAS = ("ca", "etcd-ca")
 
 
+def etcd_certs(cluster: Cluster, master: Node) -> dict[str, str]:
+    """The file stems of one master's etcd server and peer certificates (each installed on that master as
+    etcd-server and etcd-peer). One master keeps the names they always had; several get one pair each."""
+    if len(cluster.masters) == 1:
+        return {"server": "etcd-server", "peer": "etcd-peer"}
+    return {"server": f"etcd-server-{master.name}", "peer": f"etcd-peer-{master.name}"}
+
+
 def cluster_certs(cluster: Cluster) -> list[CertSpec]:
     """Every leaf the cluster needs, derived from the spec (names, addresses, service IP)."""
     net = cluster.spec.network
-    master = cluster.masters[0]
-    master_ips = (str(master.address), "127.0.0.1")
+    masters = cluster.masters
+    single = len(masters) == 1
+    # One apiserver certificate for every master: each master holds the cluster CA's key anyway (the
+    # controller-manager signs with it), so a certificate per master would confine nothing.
     apiserver_dns = (
         "kubernetes",
         "kubernetes.default",
         "kubernetes.default.svc",
         f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
-        master.name,
+        *(m.name for m in masters),
         "localhost",
     )
-    # etcd's own CA signs exactly these three.
-    etcd = [
-        CertSpec(
-            name, master.name, server=True, client=True, dns=(master.name, "localhost"), ips=master_ips, ca="etcd-ca"
-        )
-        for name in ("etcd-server", "etcd-peer")
-    ]
+    apiserver_ips = (str(net.apiserver_service_ip), *(str(m.address) for m in masters), "127.0.0.1")
+    # etcd's own CA signs exactly these: each master's server and peer certificates, naming that master
+    # only, and the apiserver's etcd client certificate.
+    etcd = []
+    for master in masters:
+        names = etcd_certs(cluster, master)
+        name, address = master.name, str(master.address)
+        etcd.append(_etcd_leaf(names["server"], name, (name, "localhost"), (address, "127.0.0.1")))
+        if single:
+            # A lone member's peer certificate stays as it always was (its peer port is on loopback).
+            etcd.append(_etcd_leaf(names["peer"], name, (name, "localhost"), (address, "127.0.0.1")))
+        else:
+            # Members of a cluster carry the one CN a member accepts from a peer (--peer-cert-allowed-cn).
+            etcd.append(_etcd_leaf(names["peer"], ETCD_PEER_CN, (name,), (address,)))
     certs = [
         *etcd,
         CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True, ca="etcd-ca"),
-        CertSpec(
-            "apiserver",
-            "kube-apiserver",
-            server=True,
-            dns=apiserver_dns,
-            ips=(str(net.apiserver_service_ip), *master_ips),
-        ),
+        CertSpec("apiserver", "kube-apiserver", server=True, dns=apiserver_dns, ips=apiserver_ips),
         # The apiserver's identity towards kubelets (logs, exec): authorized by the kubelets' webhook through
         # its RBAC binding to system:kubelet-api-admin.
         CertSpec("apiserver-kubelet-client", APISERVER_KUBELET_CLIENT, client=True),
@@ -139,22 +150,26 @@ def cluster_certs(cluster: Cluster) -> list[CertSpec]:
     return certs
 
 
+def _etcd_leaf(stem: str, cn: str, dns: tuple[str, ...], ips: tuple[str, ...]) -> CertSpec:
+    # etcd's server and peer certificates serve and, towards its peers and its own gateway, act as clients.
+    return CertSpec(stem, cn, server=True, client=True, dns=dns, ips=ips, ca="etcd-ca")
+
+
 def cluster_kubeconfigs(cluster: Cluster) -> list[KubeconfigSpec]:
-    master = cluster.masters[0]
-    external = f"https://{master.address}:{PORTS['apiserver']}"
-    # Components on the master talk to the apiserver on loopback: no dependency on the node network.
-    local = f"https://127.0.0.1:{PORTS['apiserver']}"
+    # Components on a master talk to the apiserver on loopback: no dependency on the node network.
+    local = endpoints.LOCAL_APISERVER
+    workers = endpoints.worker_apiserver(cluster)
     configs = [
-        KubeconfigSpec("admin", "admin", external, f"{cluster.name}-admin"),
+        KubeconfigSpec("admin", "admin", endpoints.admin_apiserver(cluster), f"{cluster.name}-admin"),
         KubeconfigSpec("admin-local", "admin", local, f"{cluster.name}-admin"),
         KubeconfigSpec("super-admin-local", "super-admin", local, f"{cluster.name}-super-admin"),
         KubeconfigSpec("controller-manager", "controller-manager", local, "system:kube-controller-manager"),
         KubeconfigSpec("scheduler", "scheduler", local, "system:kube-scheduler"),
-        KubeconfigSpec("kube-proxy", "kube-proxy", external, "system:kube-proxy"),
+        KubeconfigSpec("kube-proxy", "kube-proxy", workers, "system:kube-proxy"),
     ]
     for node in cluster.workers:
         configs.append(
-            KubeconfigSpec(f"kubelet-{node.name}", f"kubelet-{node.name}", external, f"system:node:{node.name}")
+            KubeconfigSpec(f"kubelet-{node.name}", f"kubelet-{node.name}", workers, f"system:node:{node.name}")
         )
     return configs
 

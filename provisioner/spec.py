@@ -35,9 +35,10 @@ API_VERSION = "provisioner.dev/v1alpha1"
 KIND = "Cluster"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 VERSION_PATTERN = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
-# How many masters a cluster may have. One master runs a one-member etcd; HA (three masters sharing one
-# etcd cluster) is not built yet, and adding 3 here is the one line that allows it once it is.
-SUPPORTED_MASTER_COUNTS: tuple[int, ...] = (1,)
+# How many masters a cluster may have: each runs one member of the cluster's etcd, which needs a majority
+# of its members to agree, so an odd count (1 tolerates no failure, 3 one, 5 two). More members only slow
+# every write down.
+SUPPORTED_MASTER_COUNTS: tuple[int, ...] = (1, 3, 5)
 # vagrant-libvirt's management network: every VM's first interface (DHCP, Vagrant's SSH) lives in it, so
 # no cluster network may overlap it. providers/vagrant.py hands the same network to the Vagrantfile.
 VAGRANT_MANAGEMENT_SUBNET = ipaddress.IPv4Network("192.168.121.0/24")
@@ -779,17 +780,21 @@ def _role_problems(nodes: list[Node]) -> list[str]:
         if not any(n.role == role for n in nodes)
     ]
     masters = [n.name for n in nodes if n.role == "master"]
-    if masters and len(masters) not in SUPPORTED_MASTER_COUNTS:
-        if len(SUPPORTED_MASTER_COUNTS) == 1:
+    count = len(masters)
+    if masters and count not in SUPPORTED_MASTER_COUNTS:
+        if count % 2 == 0:
+            # etcd stays available while more than half of its members are: n survives (n - 1) // 2 failures
             why = (
-                f"only {SUPPORTED_MASTER_COUNTS[0]} master is supported today (each master would run its own "
-                "one-member etcd instead of joining one cluster; HA masters come later)"
+                f"etcd (one member per master) needs a majority of its members up, so {count} masters survive "
+                f"no more failures than {count - 1}: an even count adds a machine and no fault tolerance"
             )
         else:
-            why = f"the supported master counts are {' or '.join(map(str, SUPPORTED_MASTER_COUNTS))}"
+            why = f"{count} etcd members (one per master) are more than supported: every write waits for a majority"
+        counts = [str(c) for c in SUPPORTED_MASTER_COUNTS]
+        allowed = f"{', '.join(counts[:-1])} or {counts[-1]}" if len(counts) > 1 else counts[0]
         problems.append(
-            f"spec.nodes: {len(masters)} nodes have role 'master' ({', '.join(masters)}); {why}; "
-            "give the other nodes role 'worker'"
+            f"spec.nodes: {count} nodes have role 'master' ({', '.join(masters)}); {why}; "
+            f"use {allowed} masters and give the other nodes role 'worker'"
         )
     return problems
 

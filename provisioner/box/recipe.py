@@ -37,6 +37,8 @@ PACKAGES = (
     "ethtool",
     "procps",
     "iputils-ping",
+    # the workers' load balancer in front of the apiservers when there are several masters (kube-apiserver-lb)
+    "haproxy",
 )
 
 # Direct kernel boot: no bootloader in the image. `net.ifnames=0` makes the NIC names predictable by order
@@ -136,6 +138,9 @@ CHROOT_COMMANDS: tuple[tuple[str, ...], ...] = (
     ("systemctl", "enable", "systemd-networkd.service", "provisioner-identity.service", "ssh.service"),
     # It would prompt on the console for a locale and time zone on first boot and stall it.
     ("systemctl", "mask", "systemd-firstboot.service"),
+    # Debian's own haproxy service (its sample configuration listens nowhere) stays off: the workers run the
+    # playbooks' kube-apiserver-lb unit with its own configuration, and only when there are several masters.
+    ("systemctl", "disable", "haproxy.service"),
 )
 
 # Removed last: per-machine identity (each clone makes its own) and download caches.

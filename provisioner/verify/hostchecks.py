@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from provisioner import pki
+from provisioner import endpoints, layout, pki
 from provisioner.artifacts.layout import image_names
 from provisioner.spec import Cluster
 from provisioner.state import State
@@ -36,8 +36,32 @@ def facts(cluster: Cluster) -> dict[str, Any]:
         "kubernetes_version": cluster.spec.kubernetes.version,
         "images": image_names(cluster.spec.kubernetes.version),
         "nodes": {n.name: {"role": n.role, "address": str(n.address)} for n in cluster.spec.nodes},
+        # The units each node runs: some are there only with several masters (the workers' load balancer).
+        "units": {
+            n.name: [u.name for u in layout.installed_units(n.role, len(cluster.masters))] for n in cluster.spec.nodes
+        },
         "certs": {c.name: {"dns": sorted(c.dns), "ips": sorted(c.ips)} for c in pki.cluster_certs(cluster) if c.server},
+        "served": served(cluster),
     }
+
+
+def served(cluster: Cluster) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per master, where it serves its apiserver, etcd client and etcd peer certificates, and which they are:
+    the apiserver on the node address, etcd where its member listens (loopback for a lone member)."""
+    members = {m.name: m.address for m in endpoints.etcd_members(cluster)}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for master in cluster.masters:
+        etcd = pki.etcd_certs(cluster, master)
+        out[master.name] = {
+            "apiserver": {"cert": "apiserver", "address": str(master.address), "port": layout.PORTS["apiserver"]},
+            "etcd-server": {
+                "cert": etcd["server"],
+                "address": members[master.name],
+                "port": layout.PORTS["etcd_client"],
+            },
+            "etcd-peer": {"cert": etcd["peer"], "address": members[master.name], "port": layout.PORTS["etcd_peer"]},
+        }
+    return out
 
 
 def pytest_command(inventory: Path, junit: Path, modules: Sequence[str], sudo: bool = False) -> list[str]:

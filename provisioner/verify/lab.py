@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from provisioner import endpoints
 from provisioner.kube import Kubectl
 from provisioner.providers.base import Provider
 from provisioner.spec import Cluster, Node
@@ -43,7 +44,8 @@ class Lab:
 
     @property
     def master(self) -> Node:
-        return self.cluster.masters[0]
+        """The master the admin machine talks to (the checks log in there for etcdctl and the audit log)."""
+        return endpoints.admin_master(self.cluster)
 
     @property
     def workers(self) -> list[Node]:

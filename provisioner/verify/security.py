@@ -1,10 +1,11 @@
 """Security checks: what the cluster refuses, tried on the live cluster the way an attacker would try it.
 
 `etcd-refuses-workers`: root on a worker holds the kubelet's client certificate, signed by the cluster CA.
-etcd trusts only its own CA, and listens on the master's loopback only, so that certificate opens neither
-etcd's client port nor its peer port, and a worker cannot even connect to them. The check presents the
-worker's own certificate (read from the worker) on the master, next to etcd's own certificates as the
-control that the probe itself works.
+etcd trusts only its own CA, so that certificate opens neither etcd's client port nor its peer port. A lone
+member listens on the master's loopback only, so a worker cannot even connect to it; members of several
+serve the other masters on the node network, where TLS alone refuses a worker. The check presents the
+worker's own certificate (read from the worker) on the master, where its member listens, next to etcd's
+own certificates as the control that the probe itself works.
 
 `secrets-current-key`: every Secret in etcd is stored under the first key of the encryption config the
 master's apiserver reads, so no Secret still depends on a key a rotation (or a person) meant to retire.
@@ -25,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from provisioner import encryption, layout
+from provisioner import encryption, endpoints, layout
 from provisioner.providers import netns
 from provisioner.providers.vagrant import VagrantLab
 from provisioner.verify import probe
@@ -45,7 +46,7 @@ with tempfile.TemporaryDirectory() as tmp:
         ctx.verify_mode = ssl.CERT_NONE
         ctx.load_cert_chain(cert, key)
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+            with socket.create_connection((job["address"], port), timeout=20) as raw:
                 with ctx.wrap_socket(raw) as tls:
                     tls.sendall(b"GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
                     data = tls.recv(4096)
@@ -95,15 +96,16 @@ def _kubeconfig_identity(text: str) -> dict[str, str]:
     }
 
 
-def judge_etcd_refusals(worker: str, tried: dict[str, str], reached: dict[str, str]) -> str:
-    """Every worker attempt refused, every control accepted (else the probe proves nothing), no port reached."""
+def judge_etcd_refusals(worker: str, tried: dict[str, str], reached: dict[str, str], exposed: bool = False) -> str:
+    """Every worker attempt refused, every control accepted (else the probe proves nothing), and no port
+    reached unless etcd is `exposed` on the node network (members of several serve the other masters there)."""
     problems = []
     for port in ETCD_PORTS:
         if not tried[f"{port} worker"].startswith("refused"):
             problems.append(f"etcd's {port} port accepted {worker}'s kubelet certificate ({tried[f'{port} worker']})")
         if not tried[f"{port} control"].startswith("accepted"):
             problems.append(f"etcd's own {port} certificate was not accepted either ({tried[f'{port} control']})")
-        if reached[port] == "connected":
+        if reached[port] == "connected" and not exposed:
             problems.append(f"{worker} connects to etcd's {port} port on the master's address")
     if problems:
         raise CheckFailed("; ".join(problems))
@@ -115,18 +117,20 @@ def judge_etcd_refusals(worker: str, tried: dict[str, str], reached: dict[str, s
 def check_etcd_refuses_workers(lab: Lab) -> str:
     worker = lab.workers[0]
     identity = _kubeconfig_identity(lab.ssh.text(worker.name, f"cat {KUBELET_KUBECONFIG}"))
-    job = {"worker": identity, "ports": ETCD_PORTS, "controls": CONTROLS}
+    # where the master's etcd member listens: loopback when it is the only one, else the node address
+    member = next(m for m in endpoints.etcd_members(lab.cluster) if m.name == lab.master.name)
+    job = {"worker": identity, "ports": ETCD_PORTS, "controls": CONTROLS, "address": member.address}
     script = f"python3 -c {shlex.quote(_TRY_IDENTITIES)}"
     tried = json.loads(lab.ssh.text(lab.master.name, script, input=json.dumps(job).encode(), timeout=120))
     connect = shlex.join(["python3", "-c", _TRY_CONNECT, str(lab.master.address), json.dumps(ETCD_PORTS)])
     reached = json.loads(lab.ssh.text(worker.name, connect, timeout=120))
-    return judge_etcd_refusals(worker.name, tried, reached)
+    return judge_etcd_refusals(worker.name, tried, reached, exposed=member.address == str(lab.master.address))
 
 
 def anonymous_urls(lab: Lab) -> list[str]:
-    api = f"https://{lab.master.address}:{layout.PORTS['apiserver']}"
-    kubelets = [f"https://{w.address}:{layout.PORTS['kubelet']}/pods" for w in lab.workers]
-    return [f"{api}/api/v1/namespaces/kube-system/secrets", f"{api}/version", *kubelets]
+    apis = [f"https://{m.address}:{layout.PORTS['apiserver']}" for m in lab.cluster.masters]
+    urls = [f"{api}{path}" for api in apis for path in ("/api/v1/namespaces/kube-system/secrets", "/version")]
+    return urls + [f"https://{w.address}:{layout.PORTS['kubelet']}/pods" for w in lab.workers]
 
 
 def judge_anonymous(answers: dict[str, object]) -> str:
@@ -279,7 +283,7 @@ GROUP = [
     ClusterCheck(
         "etcd-refuses-workers",
         "a worker's kubelet certificate is refused on etcd's client and peer ports (etcd's own are accepted), "
-        "and no worker connects to either",
+        "and, with one master, no worker connects to either",
         check_etcd_refuses_workers,
     ),
     ClusterCheck(

@@ -8,12 +8,15 @@ import ipaddress
 import stat
 from pathlib import Path
 
+import clusters
+import jinja2
 import pytest
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provisioner import paths, pki, spec
+from provisioner import inventory, layout, paths, pki, spec
+from provisioner.hosts import HostConnection
 from provisioner.state import State
 
 
@@ -146,3 +149,165 @@ def test_an_aescbc_config_of_an_older_cluster_gets_a_secretbox_key_first_and_kee
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     before = path.read_bytes()
     assert "encryption-config" in pki.ensure(cluster, state).reused and path.read_bytes() == before
+
+
+# What `up` issued for the default lab before several masters were possible: an existing lab must find
+# every file where it was, so its second `up` copies nothing.
+ONE_MASTER_FILES = [
+    "admin.crt",
+    "admin.key",
+    "apiserver-etcd-client.crt",
+    "apiserver-etcd-client.key",
+    "apiserver-kubelet-client.crt",
+    "apiserver-kubelet-client.key",
+    "apiserver.crt",
+    "apiserver.key",
+    "ca.crt",
+    "ca.key",
+    "controller-manager.crt",
+    "controller-manager.key",
+    "encryption-config.yaml",
+    "etcd-ca.crt",
+    "etcd-ca.key",
+    "etcd-peer.crt",
+    "etcd-peer.key",
+    "etcd-server.crt",
+    "etcd-server.key",
+    "kube-proxy.crt",
+    "kube-proxy.key",
+    "kubeconfigs/admin-local.kubeconfig",
+    "kubeconfigs/admin.kubeconfig",
+    "kubeconfigs/controller-manager.kubeconfig",
+    "kubeconfigs/kube-proxy.kubeconfig",
+    "kubeconfigs/kubelet-worker-1.kubeconfig",
+    "kubeconfigs/kubelet-worker-2.kubeconfig",
+    "kubeconfigs/scheduler.kubeconfig",
+    "kubeconfigs/super-admin-local.kubeconfig",
+    "kubelet-server-worker-1.crt",
+    "kubelet-server-worker-1.key",
+    "kubelet-server-worker-2.crt",
+    "kubelet-server-worker-2.key",
+    "kubelet-worker-1.crt",
+    "kubelet-worker-1.key",
+    "kubelet-worker-2.crt",
+    "kubelet-worker-2.key",
+    "sa.key",
+    "sa.pub",
+    "scheduler.crt",
+    "scheduler.key",
+    "super-admin.crt",
+    "super-admin.key",
+]
+
+
+def _files(state: State) -> list[str]:
+    return sorted(str(p.relative_to(state.pki_dir)) for p in state.pki_dir.rglob("*") if p.is_file())
+
+
+def test_one_master_gets_the_files_and_etcd_names_it_always_had(cluster: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    assert _files(state) == ONE_MASTER_FILES
+    for stem in ("etcd-server", "etcd-peer"):
+        cert = _cert(state, stem)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "master"
+        assert _sans(cert) == ({"master", "localhost"}, {"192.168.56.10", "127.0.0.1"})
+    assert _sans(_cert(state, "apiserver")) == (
+        {"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
+        | {"master", "localhost"},
+        {"10.96.0.1", "192.168.56.10", "127.0.0.1"},
+    )
+
+
+@pytest.fixture
+def ha() -> spec.Cluster:
+    return clusters.ha()
+
+
+MASTERS = {"master-1": "192.168.56.10", "master-2": "192.168.56.11", "master-3": "192.168.56.12"}
+
+
+def test_every_master_gets_etcd_certificates_naming_itself_only(ha: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(ha, state)
+    etcd_ca = _cert(state, "etcd-ca")
+    for name, address in MASTERS.items():
+        server, peer = _cert(state, f"etcd-server-{name}"), _cert(state, f"etcd-peer-{name}")
+        assert _sans(server) == ({name, "localhost"}, {address, "127.0.0.1"})
+        assert _sans(peer) == ({name}, {address})
+        for cert in (server, peer):
+            cert.verify_directly_issued_by(etcd_ca)
+            usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(usages)
+        # the CN etcd's --peer-cert-allowed-cn accepts, and no certificate but a peer's carries it
+        assert peer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == layout.ETCD_PEER_CN
+    carriers = {leaf.name for leaf in pki.cluster_certs(ha) if leaf.cn == layout.ETCD_PEER_CN}
+    assert carriers == {f"etcd-peer-{name}" for name in MASTERS}
+    assert not (state.pki_dir / "etcd-server.crt").exists() and not (state.pki_dir / "etcd-peer.crt").exists()
+
+
+def test_the_apiserver_certificate_names_every_master(ha: spec.Cluster, tmp_path: Path) -> None:
+    state = State(tmp_path)
+    pki.ensure(ha, state)
+    dns, ips = _sans(_cert(state, "apiserver"))
+    assert dns == {
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "localhost",
+        *MASTERS,
+    }
+    assert ips == {"10.96.0.1", "127.0.0.1", *MASTERS.values()}
+
+
+@pytest.mark.parametrize("which", ["default", "ha"])
+def test_every_file_site_yml_installs_on_a_node_is_in_the_pki(which: str, tmp_path: Path) -> None:
+    """The certs phase's sources, resolved with each host's inventory variables, are files pki.ensure made."""
+    cluster = getattr(clusters, which)()
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    hosts = [
+        HostConnection(n.name, n.role, str(n.address), str(n.address), 22, "root", Path("/k"))
+        for n in cluster.spec.nodes
+    ]
+    groups = inventory.inventory(cluster, hosts)["all"]["children"]["k8s_cluster"]["children"]
+    plays = yaml.safe_load((paths.REPO_ROOT / "playbooks" / "site.yml").read_text())
+    checked = 0
+    for play in plays:
+        for role in play["roles"]:
+            if role["role"] != "certs":
+                continue
+            for name, host_vars in groups[play["hosts"]]["hosts"].items():
+                for entry in role["vars"]["certs_files"]:
+                    src = jinja2.Template(entry["src"]).render(inventory_hostname=name, **host_vars)
+                    assert (state.pki_dir / src).is_file(), f"{name}: {src} (for {entry['dest']}) was not issued"
+                    checked += 1
+    assert checked > 20 * len(cluster.masters)
+
+
+def _servers(state: State) -> dict[str, str]:
+    return {
+        path.stem: yaml.safe_load(path.read_text())["clusters"][0]["cluster"]["server"]
+        for path in (state.pki_dir / "kubeconfigs").glob("*.kubeconfig")
+    }
+
+
+def test_workers_reach_the_one_master_directly_and_several_through_their_loopback(
+    cluster: spec.Cluster, ha: spec.Cluster, tmp_path: Path
+) -> None:
+    one, three = State(tmp_path / "one"), State(tmp_path / "three")
+    pki.ensure(cluster, one)
+    pki.ensure(ha, three)
+    local = {
+        n: "https://127.0.0.1:6443" for n in ("admin-local", "super-admin-local", "controller-manager", "scheduler")
+    }
+    workers = ("kube-proxy", "kubelet-worker-1", "kubelet-worker-2")
+    assert _servers(one) == {
+        **local,
+        "admin": "https://192.168.56.10:6443",
+        **dict.fromkeys(workers, "https://192.168.56.10:6443"),
+    }
+    # the load balancer on each worker's loopback, which the apiserver certificate names (127.0.0.1)
+    lb = f"https://127.0.0.1:{layout.PORTS['apiserver_lb']}"
+    assert _servers(three) == {**local, "admin": "https://192.168.56.10:6443", **dict.fromkeys(workers, lb)}

@@ -14,15 +14,18 @@ tasks file that renders the templates into a tmp directory instead of onto the n
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import clusters
 import localnode
 import pytest
 import yaml
 
-from provisioner import inventory, paths, runner, spec
+from provisioner import inventory, layout, paths, runner, spec
 from provisioner.artifacts import image_names
 from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
@@ -95,10 +98,8 @@ def _render_playbook(roles: Path, out: Path) -> list[dict[str, Any]]:
     return plays
 
 
-@pytest.fixture(scope="module")
-def rendered(cluster: spec.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _render(cluster: spec.Cluster, tmp: Path) -> Path:
     """The directory holding <host>/<role>/<file> for every template site.yml renders on that host."""
-    tmp = tmp_path_factory.mktemp("templates")
     hosts = [
         HostConnection(n.name, n.role, str(n.address), str(n.address), 22, "root", Path("/k"))
         for n in cluster.spec.nodes
@@ -111,6 +112,17 @@ def rendered(cluster: spec.Cluster, tmp_path_factory: pytest.TempPathFactory) ->
     # The strategy `up` uses (mitogen when installed): a third of linear's time for these 33 files.
     runner.run_playbook(state, EventBus(), playbook=playbook, name="render")
     return out
+
+
+@pytest.fixture(scope="module")
+def rendered(cluster: spec.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _render(cluster, tmp_path_factory.mktemp("templates"))
+
+
+@pytest.fixture(scope="module")
+def ha_rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same for the HA lab: three masters, two workers."""
+    return _render(clusters.ha(), tmp_path_factory.mktemp("ha-templates"))
 
 
 def render(rendered: Path, role: str, template: str, host: str) -> str:
@@ -206,3 +218,93 @@ def test_coredns_serves_the_cluster_dns_ip_and_forwards_only_when_upstreams_exis
         deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         == image_names(cluster.spec.kubernetes.version)["coredns"]
     )
+
+
+def _flags(unit: str) -> dict[str, str]:
+    """--name=value of a unit's ExecStart, one per flag (a repeated flag would hide the first)."""
+    flags: dict[str, str] = {}
+    for line in unit.splitlines():
+        flag = line.strip().removesuffix("\\").strip()
+        if flag.startswith("--"):
+            name, _, value = flag.partition("=")
+            assert name not in flags, f"{name} given twice"
+            flags[name] = value
+    return flags
+
+
+def test_a_lone_etcd_member_keeps_clients_and_peers_on_loopback(rendered: Path) -> None:
+    flags = _flags(render(rendered, "etcd", "etcd.service.j2", "master"))
+    assert flags["--listen-client-urls"] == "https://127.0.0.1:2379"
+    assert flags["--advertise-client-urls"] == "https://127.0.0.1:2379"
+    assert flags["--listen-peer-urls"] == flags["--initial-advertise-peer-urls"] == "https://127.0.0.1:2380"
+    assert flags["--initial-cluster"] == "master=https://127.0.0.1:2380"
+    assert flags["--initial-cluster-state"] == "new"
+    assert "--peer-cert-allowed-cn" not in flags
+    apiserver = _flags(render(rendered, "control_plane", "kube-apiserver.service.j2", "master"))
+    assert apiserver["--etcd-servers"] == "https://127.0.0.1:2379"
+
+
+HA_MASTERS = {"master-1": "192.168.56.10", "master-2": "192.168.56.11", "master-3": "192.168.56.12"}
+
+
+@pytest.mark.parametrize(("host", "address"), HA_MASTERS.items())
+def test_three_etcd_members_form_one_cluster_on_the_node_network(ha_rendered: Path, host: str, address: str) -> None:
+    flags = _flags(render(ha_rendered, "etcd", "etcd.service.j2", host))
+    assert flags["--name"] == host
+    assert flags["--initial-cluster"] == ",".join(f"{n}=https://{a}:2380" for n, a in HA_MASTERS.items())
+    assert flags["--initial-cluster-state"] == "new"
+    assert flags["--listen-peer-urls"] == flags["--initial-advertise-peer-urls"] == f"https://{address}:2380"
+    assert flags["--listen-client-urls"] == f"https://{address}:2379,https://127.0.0.1:2379"
+    assert flags["--advertise-client-urls"] == f"https://{address}:2379"
+    # peers authenticate with etcd's CA and must carry the CN only peer certificates carry
+    assert flags["--peer-client-cert-auth"] == "true"
+    assert flags["--peer-trusted-ca-file"] == "%d/etcd-ca.crt"
+    assert flags["--peer-cert-allowed-cn"] == layout.ETCD_PEER_CN
+    assert flags["--listen-metrics-urls"] == "http://127.0.0.1:2381"
+
+
+@pytest.mark.parametrize(("host", "address"), HA_MASTERS.items())
+def test_every_apiserver_uses_every_etcd_member_and_advertises_itself(
+    ha_rendered: Path, host: str, address: str
+) -> None:
+    flags = _flags(render(ha_rendered, "control_plane", "kube-apiserver.service.j2", host))
+    assert flags["--etcd-servers"] == ",".join(f"https://{a}:2379" for a in HA_MASTERS.values())
+    assert flags["--advertise-address"] == address
+    for component in ("kube-controller-manager", "kube-scheduler"):
+        assert _flags(render(ha_rendered, "control_plane", f"{component}.service.j2", host))["--bind-address"] == (
+            "127.0.0.1"
+        )
+    assert (
+        _flags(render(ha_rendered, "control_plane", "kube-controller-manager.service.j2", host))["--leader-elect"]
+        == "true"
+    )
+    scheduler = yaml.safe_load(render(ha_rendered, "control_plane", "kube-scheduler.yaml.j2", host))
+    assert scheduler["leaderElection"]["leaderElect"] is True
+
+
+def test_with_one_master_no_worker_gets_a_load_balancer(rendered: Path) -> None:
+    assert not list(rendered.glob("*/apiserver_lb"))
+
+
+@pytest.mark.parametrize("host", ["worker-1", "worker-2"])
+def test_each_worker_balances_over_every_master_on_its_loopback_only(ha_rendered: Path, host: str) -> None:
+    config = render(ha_rendered, "apiserver_lb", "apiserver-lb.cfg.j2", host)
+    lines = [line.split() for line in config.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert ["bind", f"127.0.0.1:{layout.PORTS['apiserver_lb']}"] in lines
+    assert [line[0] for line in lines].count("bind") == 1
+    assert ["mode", "tcp"] in lines  # TLS passes through: the apiserver's own certificate reaches the client
+    servers = [line[1:3] for line in lines if line[0] == "server"]
+    assert servers == [[name, f"{address}:6443"] for name, address in HA_MASTERS.items()]
+    default_server = next(line for line in lines if line[0] == "default-server")
+    assert "check" in default_server
+    unit = render(ha_rendered, "apiserver_lb", "kube-apiserver-lb.service.j2", host)
+    assert f"ExecStart=/usr/sbin/haproxy -Ws -f {layout.DIRS.kube}/apiserver-lb.cfg" in unit
+    assert "DynamicUser=true" in unit
+    assert "Before=kubelet.service kube-proxy.service" in unit
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed here (Debian's haproxy package)")
+def test_haproxy_accepts_the_load_balancer_configuration(ha_rendered: Path) -> None:
+    path = ha_rendered / "worker-1" / "apiserver_lb" / "apiserver-lb.cfg"
+    done = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -84,6 +84,7 @@ def tried(pki_dir: Path) -> Iterator[dict[str, str]]:
     job = {
         "worker": {"cert": worker[0].read_text(), "key": worker[1].read_text()},
         "ports": {"client": client_port, "peer": peer_port},
+        "address": "127.0.0.1",
         "controls": {
             "client": [str(pki_dir / "apiserver-etcd-client.crt"), str(pki_dir / "apiserver-etcd-client.key")],
             "peer": [str(pki_dir / "etcd-peer.crt"), str(pki_dir / "etcd-peer.key")],
@@ -128,6 +129,16 @@ def test_a_worker_that_reaches_etcd_s_port_is_reported(tried: dict[str, str]) ->
     with pytest.raises(CheckFailed) as failed:
         security.judge_etcd_refusals("worker-1", tried, {"client": "ConnectionRefusedError", "peer": "connected"})
     assert "worker-1 connects to etcd's peer port" in str(failed.value)
+
+
+def test_members_of_several_may_be_reached_but_still_refuse_the_worker(tried: dict[str, str]) -> None:
+    """With several masters etcd serves the node network: a connection is expected, the refusal is the promise."""
+    reached = {"client": "connected", "peer": "connected"}
+    assert "refused" in security.judge_etcd_refusals("worker-1", tried, reached, exposed=True)
+    with pytest.raises(CheckFailed):
+        security.judge_etcd_refusals(
+            "worker-1", {**tried, "peer worker": "accepted: HTTP/1.1 200 OK"}, reached, exposed=True
+        )
 
 
 def test_anonymous_requests_refused_everywhere_pass_and_any_other_answer_fails() -> None:

@@ -303,14 +303,24 @@ NETWORK: list[Case] = [
     Case(
         "two-masters",
         spec_with(masters(2)),
-        "spec.nodes: 2 nodes have role 'master' (master, master-2); only 1 master is supported today",
-        "give the other nodes role 'worker'",
+        "spec.nodes: 2 nodes have role 'master' (master, master-2); etcd (one member per master) needs a majority "
+        "of its members up, so 2 masters survive no more failures than 1: an even count adds a machine and no "
+        "fault tolerance",
+        "use 1, 3 or 5 masters and give the other nodes role 'worker'",
     ),
     Case(
-        "three-masters",
-        spec_with(masters(3)),
-        "spec.nodes: 3 nodes have role 'master' (master, master-2, master-3); only 1 master is supported today",
-        "give the other nodes role 'worker'",
+        "four-masters",
+        spec_with(masters(4)),
+        "spec.nodes: 4 nodes have role 'master' (master, master-2, master-3, master-4); etcd (one member per "
+        "master) needs a majority of its members up, so 4 masters survive no more failures than 3",
+        "use 1, 3 or 5 masters and give the other nodes role 'worker'",
+    ),
+    Case(
+        "seven-masters",
+        spec_with(masters(7)),
+        "spec.nodes: 7 nodes have role 'master' (master, master-2, master-3, master-4, master-5, master-6, "
+        "master-7); 7 etcd members (one per master) are more than supported: every write waits for a majority",
+        "use 1, 3 or 5 masters and give the other nodes role 'worker'",
     ),
     Case(
         "mirror-without-host",
@@ -548,19 +558,37 @@ def test_drift_exits_2_on_a_bug_too(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "RuntimeError: a bug in the spec reader" in result.stderr  # a bug still shows its traceback
 
 
+@pytest.mark.parametrize("count", [3, 5])
+def test_an_odd_number_of_masters_up_to_five_validates(count: int) -> None:
+    """Three or five masters: a stacked control plane whose etcd survives one or two failed masters."""
+    data = copy.deepcopy(DEFAULT)
+    masters(count)(data)
+    cluster = spec.parse(data)
+    assert len(cluster.masters) == count and len(cluster.workers) == 2
+
+
+def test_the_ha_lab_spec_validates() -> None:
+    result = CliRunner().invoke(
+        app, ["validate", "--spec", str(paths.REPO_ROOT / "inventories" / "ha" / "cluster.yaml")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "cluster 'ha', 3 master(s), 2 worker(s)" in result.stdout
+
+
 def test_the_master_count_is_one_constant(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HA changes SUPPORTED_MASTER_COUNTS and nothing else in the validator."""
+    """The validator allows what SUPPORTED_MASTER_COUNTS lists and names that list when it refuses."""
+    monkeypatch.setattr(spec, "SUPPORTED_MASTER_COUNTS", (1, 3))
     three = copy.deepcopy(DEFAULT)
     masters(3)(three)
-    monkeypatch.setattr(spec, "SUPPORTED_MASTER_COUNTS", (1, 3))
     assert len(spec.parse(three).masters) == 3
-    two = copy.deepcopy(DEFAULT)
-    masters(2)(two)
+    five = copy.deepcopy(DEFAULT)
+    masters(5)(five)
     with pytest.raises(SpecError) as info:
-        spec.parse(two, where="c.yaml")
+        spec.parse(five, where="c.yaml")
     assert info.value.problems == [
-        "c.yaml: spec.nodes: 2 nodes have role 'master' (master, master-2); the supported master counts are "
-        "1 or 3; give the other nodes role 'worker'"
+        "c.yaml: spec.nodes: 5 nodes have role 'master' (master, master-2, master-3, master-4, master-5); 5 etcd "
+        "members (one per master) are more than supported: every write waits for a majority; use 1 or 3 masters "
+        "and give the other nodes role 'worker'"
     ]
 
 

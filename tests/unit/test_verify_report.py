@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+import clusters
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -159,6 +160,8 @@ def local_host_rows(tmp_path_factory: pytest.TempPathFactory) -> list[CheckResul
         "master": {"role": "master", "address": "127.0.0.1"},
         "worker-1": {"role": "worker", "address": "127.0.0.1"},
     }
+    for served in data["served"]["master"].values():
+        served["address"] = "127.0.0.1"
     facts.write_text(json.dumps(data))
     junit = tmp / "junit.xml"
     env = dict(
@@ -190,7 +193,7 @@ def test_host_modules_fail_where_this_machine_breaks_the_promise(local_host_rows
     for check in (
         "master: service etcd @master",
         "worker: service kubelet @worker-1",
-        "master: served certificate apiserver node-address 6443 @master",
+        "master: served certificate apiserver @master",
         "common: secrets private @master",
     ):
         assert by_check[check].result == FAILED, check
@@ -218,6 +221,27 @@ def test_expected_names_come_from_the_pki_plan(cluster: spec.Cluster, issued: St
         "other.example",
         "10.0.0.9",
     ]
+
+
+@pytest.mark.parametrize("which", ["default", "ha"])
+def test_each_master_s_served_certificates_are_looked_for_where_they_are_served(which: str, tmp_path: Path) -> None:
+    """The certificate a master serves on each port is the one pki issued for it, naming that address."""
+    cluster = getattr(clusters, which)()
+    state = State(tmp_path)
+    pki.ensure(cluster, state)
+    facts = hostchecks.facts(cluster)
+    lone = len(cluster.masters) == 1
+    assert set(facts["served"]) == {m.name for m in cluster.masters}
+    for master in cluster.masters:
+        served = facts["served"][master.name]
+        assert served["apiserver"] == {"cert": "apiserver", "address": str(master.address), "port": 6443}
+        etcd_address = "127.0.0.1" if lone else str(master.address)
+        for name, port in (("etcd-server", 2379), ("etcd-peer", 2380)):
+            assert (served[name]["address"], served[name]["port"]) == (etcd_address, port)
+            cert = certs.read_pem((state.pki_dir / f"{served[name]['cert']}.crt").read_bytes())[0]
+            wanted = facts["certs"][served[name]["cert"]]
+            assert certs.missing_names(cert, wanted["dns"], [*wanted["ips"], etcd_address]) == []
+            assert str(master.address) in wanted["ips"]
 
 
 def test_validity_window(issued: State) -> None:

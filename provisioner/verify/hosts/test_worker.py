@@ -9,7 +9,7 @@ import pytest
 from testinfra.host import Host
 
 from provisioner import layout
-from provisioner.verify import certs
+from provisioner.verify import certs, probe
 from provisioner.verify.hosts.helpers import assert_listening, assert_service, https_get, node_name
 
 testinfra_hosts = ["ansible://workers"]
@@ -22,11 +22,20 @@ HEALTH = {
     "kubelet": f"http://127.0.0.1:{layout.PORTS['kubelet_healthz']}/healthz",
     "kube-proxy": f"http://127.0.0.1:{layout.PORTS['kube_proxy_healthz']}/healthz",
 }
+# The apiservers through the load balancer (clusters with several masters).
+LB_URL = f"https://127.0.0.1:{layout.PORTS['apiserver_lb']}/readyz"
+
+
+def _installed(host: Host, facts: dict[str, Any], unit: str) -> None:
+    """Skip a unit this cluster does not put on the node (the load balancer with one master)."""
+    if unit not in facts["units"][node_name(host)]:
+        pytest.skip(f"{unit} runs only on clusters with several masters")
 
 
 @pytest.mark.parametrize("unit", [u.name for u in WORKER_SERVICES])
-def test_service(host: Host, unit: str) -> None:
+def test_service(host: Host, facts: dict[str, Any], unit: str) -> None:
     """systemd unit {unit} is active and enabled"""
+    _installed(host, facts, unit)
     assert_service(host, unit)
 
 
@@ -37,9 +46,19 @@ def test_containerd_answers(host: Host) -> None:
 
 
 @pytest.mark.parametrize("unit", sorted(u.name for u in WORKER_SERVICES if u.ports))
-def test_listening(host: Host, unit: str) -> None:
+def test_listening(host: Host, facts: dict[str, Any], unit: str) -> None:
     """{unit} listens on its TCP ports"""
+    _installed(host, facts, unit)
     assert_listening(host, unit)
+
+
+def test_apiserver_through_the_load_balancer(host: Host, facts: dict[str, Any]) -> None:
+    """an apiserver answers on the worker's loopback through the load balancer (401: the request had no credentials)"""
+    _installed(host, facts, layout.APISERVER_LB_UNIT)
+    cmd = host.run(probe.node_command(probe.get_args(LB_URL, 15, verify=False)))
+    # the probe reports an error status as a failure: "HTTP 401: <body>"
+    answer = probe.failure(cmd.stderr).text if cmd.rc else f"HTTP {probe.read_answer(cmd.stdout)[0]}"
+    assert answer.startswith("HTTP 401"), f"{LB_URL}: {answer}"
 
 
 @pytest.mark.parametrize("unit", sorted(HEALTH))
