@@ -1,13 +1,17 @@
-"""The admin machine's way into an isolated lab: a loopback port forwarded to the apiserver inside it.
+"""The admin machine's way to the apiservers: one haproxy on the host's loopback in front of every master.
 
-The lab's addresses exist only inside its network namespace, so a kubectl in the user's own shell
-cannot reach them. `up` keeps one socat process (Debian's socat, not a hand-written proxy) listening
-on 127.0.0.1:<port> on the host; for each connection it runs `ip netns exec <namespace> socat` to the
-apiserver, so nothing on the host listens beyond loopback and nothing in the lab gains a route out.
-The apiserver certificate names 127.0.0.1, so TLS verifies as it does inside the lab (kind does the
-same with a loopback port mapped into its node container).
+The lab's addresses exist only inside its network namespace, so a kubectl in the user's own shell cannot
+reach them; and with several masters, no single one of them may be the admin machine's way in. `up` keeps
+one haproxy (Debian's) listening on 127.0.0.1:<port> on the host. Its servers are every master's
+apiserver, reached from inside the lab's namespace (haproxy's `namespace` server option), health-checked,
+and left out while they are down, so the admin machine's kubeconfig survives the loss of any one master.
+Nothing on the host listens beyond loopback and nothing in the lab gains a route out. TLS passes through
+untouched (the apiserver certificate names 127.0.0.1), as kind maps a loopback port into its node.
 
-The process outlives `up` (a session of its own); its pid, port and target are kept in the state
+Its configuration is the workers' own balancer's (the apiserver_lb role's template and defaults),
+rendered here with the namespace added, so both balance and fail over alike.
+
+The process outlives `up` (a session of its own); its pid, port and targets are kept in the state
 directory, so the next `up` finds and reuses it, and `destroy` stops it. After a reboot of the admin
 machine it is gone, and the next `up` starts it again on the same port when that port is free.
 """
@@ -22,83 +26,111 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
+import yaml
+
 from provisioner.errors import ProvisionerError, ToolMissing
+from provisioner.paths import REPO_ROOT
 from provisioner.state import State
 
 LOOPBACK = "127.0.0.1"
 START_SECONDS = 10  # how long a new forwarder gets to accept connections
+ROLE = "apiserver_lb"  # the workers' balancer, whose template and defaults this one renders
 
 
 @dataclass(frozen=True)
 class Forwarder:
     pid: int
     port: int
-    target: str  # host:port inside the lab
-    prefix: tuple[str, ...]  # how to enter the lab (ip netns exec NAME)
+    targets: tuple[str, ...]  # host:port of every apiserver, as addressed inside the lab
+    namespace: str | None  # the lab's network namespace; None when the hosts are reachable directly
 
     @property
     def url(self) -> str:
         return f"https://{LOOPBACK}:{self.port}"
 
 
-def command(port: int, target: str, prefix: tuple[str, ...]) -> list[str]:
-    """socat on the host's loopback; per connection, a socat inside the lab to the target."""
-    inner = " ".join([*prefix, "socat", "STDIO", f"TCP:{target}"]).replace(":", r"\:").replace(",", r"\,")
-    return [
-        _socat(),
-        f"TCP-LISTEN:{port},bind={LOOPBACK},reuseaddr,fork",
-        f"EXEC:{inner}",
-    ]
+def config(port: int, targets: Sequence[str], namespace: str | None) -> str:
+    """The haproxy configuration: the apiserver_lb role's template, bound to the host's loopback."""
+    role = REPO_ROOT / "playbooks" / "roles" / ROLE
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    names = [f"apiserver-{i + 1}" for i in range(len(targets))]
+    hosts, ports = zip(*(t.rsplit(":", 1) for t in targets), strict=True)
+    if len(set(ports)) != 1:
+        raise ValueError(f"the apiservers listen on one port, not {sorted(set(ports))}")
+    env = jinja2.Environment(trim_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    template = env.from_string((role / "templates" / "apiserver-lb.cfg.j2").read_text())
+    return template.render(
+        {
+            **defaults,
+            "ansible_managed": "Written by provisioner (forwarder.py) on the admin machine; do not edit.",
+            "apiserver_lb_port": port,
+            "apiserver_lb_backends": names,
+            "apiserver_lb_backend_port": ports[0],
+            "apiserver_lb_namespace": namespace or "",
+            "node_addresses": dict(zip(names, hosts, strict=True)),
+        }
+    )
+
+
+def command(config_file: Path) -> list[str]:
+    """haproxy in the foreground (its own session keeps it alive), checked and run from one file."""
+    return [_haproxy(), "-db", "-f", str(config_file)]
 
 
 def running(state: State) -> Forwarder | None:
     """The forwarder `up` started for this cluster, if that process is still the one listening."""
     try:
         data = json.loads(state.forwarder_file.read_text())
-        fwd = Forwarder(int(data["pid"]), int(data["port"]), str(data["target"]), tuple(data["prefix"]))
+        fwd = Forwarder(int(data["pid"]), int(data["port"]), tuple(data["targets"]), data["namespace"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not _is_ours(fwd):
+    if not _is_ours(fwd, _config_file(state)):
         return None
     return fwd
 
 
-def ensure(state: State, prefix: list[str], target: str) -> Forwarder:
-    """A forwarder to `target` for this cluster: the running one if it still fits, else a new one."""
+def ensure(state: State, targets: Sequence[str], namespace: str | None) -> Forwarder:
+    """A forwarder to every one of `targets` for this cluster: the running one if it still fits, else a new one."""
     current = running(state)
-    if current is not None and (current.target, current.prefix) == (target, tuple(prefix)) and _accepts(current.port):
+    fits = current is not None and (current.targets, current.namespace) == (tuple(targets), namespace)
+    if current is not None and fits and _accepts(current.port):
         return current
     port = _previous_port(state)  # the user's kubeconfig names it: keep it when it is free
     if current is not None:
         stop(state)
     if port is None or not _free(port):
         port = _free_port()
-    log = (state.root / "forwarder.log").open("ab")
-    with log:
+    cfg = _config_file(state)
+    cfg.write_text(config(port, targets, namespace))
+    log_path = state.root / "forwarder.log"
+    with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            command(port, target, tuple(prefix)),
+            command(cfg),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             start_new_session=True,  # outlives `up`, and a Ctrl-C in the user's shell does not reach it
             close_fds=True,
         )
-    fwd = Forwarder(proc.pid, port, target, tuple(prefix))
+    fwd = Forwarder(proc.pid, port, tuple(targets), namespace)
     deadline = time.monotonic() + START_SECONDS
     while not _accepts(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             raise ProvisionerError(
-                f"forwarder {LOOPBACK}:{port} -> {target}",
-                f"socat did not accept connections within {START_SECONDS} s (exit {proc.poll()})",
-                f"read {state.root / 'forwarder.log'}",
+                f"forwarder {LOOPBACK}:{port} -> {', '.join(targets)}",
+                f"haproxy did not accept connections within {START_SECONDS} s (exit {proc.poll()})",
+                f"read {log_path}",
             )
         time.sleep(0.1)
-    state.forwarder_file.write_text(json.dumps({**asdict(fwd), "prefix": list(fwd.prefix)}) + "\n")
+    record = {"pid": fwd.pid, "port": port, "targets": list(fwd.targets), "namespace": namespace}
+    state.forwarder_file.write_text(json.dumps(record) + "\n")
     return fwd
 
 
@@ -109,9 +141,10 @@ def stop(state: State) -> bool:
     if fwd is None:
         return False
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(fwd.pid, signal.SIGTERM)  # the listener and any connection it is serving
+        os.killpg(fwd.pid, signal.SIGTERM)  # haproxy and anything it started
     deadline = time.monotonic() + 5
-    while _alive(fwd.pid) and time.monotonic() < deadline:
+    # Until the port is free too: haproxy's first thread can exit (a zombie) while others still hold it.
+    while (_alive(fwd.pid) or not _free(fwd.port)) and time.monotonic() < deadline:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(fwd.pid, signal.SIGKILL)
@@ -121,22 +154,28 @@ def stop(state: State) -> bool:
 # --- internals -------------------------------------------------------------------------------------
 
 
-def _socat() -> str:
-    path = shutil.which("socat")
+def _haproxy() -> str:
+    path = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
     if path is None:
         raise ToolMissing(
-            "socat", "the admin machine's loopback forwarder into the lab needs it", "apt-get install socat"
+            "haproxy",
+            "the admin machine's loopback balancer in front of the apiservers needs it",
+            "apt-get install haproxy",
         )
     return path
 
 
-def _is_ours(fwd: Forwarder) -> bool:
-    """The pid is alive and is still our socat on our port (a pid can be reused after a reboot)."""
+def _config_file(state: State) -> Path:
+    return state.root / "forwarder.cfg"
+
+
+def _is_ours(fwd: Forwarder, config_file: Path) -> bool:
+    """The pid is alive and is still our haproxy on our file (a pid can be reused after a reboot)."""
     try:
         argv = Path(f"/proc/{fwd.pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(arg.startswith(f"TCP-LISTEN:{fwd.port},".encode()) for arg in argv) and _alive(fwd.pid)
+    return str(config_file).encode() in argv and _alive(fwd.pid)
 
 
 def _alive(pid: int) -> bool:
@@ -163,7 +202,7 @@ def _accepts(port: int) -> bool:
 
 def _free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as socat binds (reuseaddr)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as haproxy binds
         try:
             sock.bind((LOOPBACK, port))
         except OSError:

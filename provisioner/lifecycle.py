@@ -141,7 +141,7 @@ def up(
         _install_admin_kubeconfig(state)
         _wait_for_api(Kubectl(aset.bin / "kubectl", state.kubeconfig, prefix), cluster)
     with Phase(bus, "admin machine", "kubectl and the user's kubeconfig") as phase:
-        access = _set_up_admin_machine(cluster, state, prefix, aset.bin / "kubectl", merge_kubeconfig)
+        access = _set_up_admin_machine(cluster, state, provider.lab_namespace(), aset.bin / "kubectl", merge_kubeconfig)
         phase.progress(f"{access.server}, context {access.context}")
 
     changed = {p.name: p.changed for p in run.phases}
@@ -150,17 +150,16 @@ def up(
 
 
 def _set_up_admin_machine(
-    cluster: Cluster, state: State, prefix: list[str], kubectl: Path, merge_into: Path | Literal[False] | None
+    cluster: Cluster, state: State, namespace: str | None, kubectl: Path, merge_into: Path | Literal[False] | None
 ) -> AdminAccess:
-    """kubectl on PATH and a context that works from the user's shell, through the forwarder when isolated."""
-    direct = endpoints.admin_apiserver(cluster)
-    if prefix:
-        master = endpoints.admin_master(cluster)
-        fwd = forwarder.ensure(state, prefix, f"{master.address}:{endpoints.APISERVER_PORT}")
-        server = fwd.url
+    """kubectl on PATH and a context that works from the user's shell: through the forwarder when the lab is
+    isolated or there are several masters (so losing one does not cut the admin machine off)."""
+    if namespace is not None or len(cluster.masters) > 1:
+        targets = [f"{m.address}:{endpoints.APISERVER_PORT}" for m in cluster.masters]
+        server = forwarder.ensure(state, targets, namespace).url
     else:
         forwarder.stop(state)
-        server = direct
+        server = endpoints.admin_apiserver(cluster)
     user_kubeconfig = admin.write_user_kubeconfig(state, cluster.name, server)
     if merge_into is False:
         admin.unmerge(state, cluster.name)  # opted out now: what an earlier `up` merged goes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from provisioner.errors import MachineError
 from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
 from provisioner.spec import Cluster, Node
@@ -45,6 +46,16 @@ class Provider(abc.ABC):
     def command_prefix(self) -> list[str]:
         """Prefix for commands that must talk to the lab (e.g. `ip netns exec NAME`); empty if none."""
         return []
+
+    def power_off(self, node: Node) -> None:
+        """Cut a machine's power at once (no shutdown): what losing a host looks like. `create` starts it again."""
+        raise MachineError(
+            node.name, "this provider cannot power machines off and on", "power the host off by hand to test this"
+        )
+
+    def lab_namespace(self) -> str | None:
+        """The network namespace the lab lives in (the admin machine reaches it only through it); None if none."""
+        return None
 
     def artifact_server_address(self) -> str | None:
         """Where the admin machine can serve artifacts over HTTP to every node (under the command prefix);

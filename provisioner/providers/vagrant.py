@@ -137,6 +137,14 @@ class VagrantLab(Provider):
     def command_prefix(self) -> list[str]:
         return self.namespace.prefix if self.isolated else []
 
+    def lab_namespace(self) -> str | None:
+        return self.namespace.name if self.isolated else None
+
+    def power_off(self, node: Node) -> None:
+        if self.provider.backend != "libvirt":
+            super().power_off(node)
+        self.virsh.run("destroy", f"{self.names['prefix']}{node.name}")  # libvirt's word for pulling the plug
+
     @property
     def virsh(self) -> libvirt.Virsh:
         return libvirt.Virsh(self.libvirt_uri, self.command_prefix())

@@ -212,18 +212,18 @@ def _listens_on(port: int) -> set[str]:
     return found
 
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="scripts/deps.sh installs socat")
+@pytest.mark.skipif(shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(), reason="scripts/deps.sh installs haproxy")
 def test_the_forwarder_relays_listens_on_loopback_only_is_reused_and_stops(tmp_path: Path, echo_server: int) -> None:
     state = State(tmp_path / "state").ensure()
     target = f"127.0.0.1:{echo_server}"
-    fwd = forwarder.ensure(state, [], target)  # no namespace here: the same socat, one hop
+    fwd = forwarder.ensure(state, [target], None)  # no namespace here: the same haproxy, one hop
     try:
         assert _through(fwd.port, b"hello\n") == b"echo:hello\n"
         assert _listens_on(fwd.port) == {"127.0.0.1"}
-        again = forwarder.ensure(state, [], target)
+        again = forwarder.ensure(state, [target], None)
         assert again == fwd  # the next `up` finds the running one
         assert forwarder.running(state) == fwd
-        moved = forwarder.ensure(state, [], f"127.0.0.1:{echo_server}".replace("127.0.0.1", "localhost"))
+        moved = forwarder.ensure(state, [target.replace("127.0.0.1", "localhost")], None)
         assert moved.pid != fwd.pid and moved.port == fwd.port  # a new target: restarted on the same port
         fwd = moved
     finally:
@@ -231,6 +231,32 @@ def test_the_forwarder_relays_listens_on_loopback_only_is_reused_and_stops(tmp_p
     assert forwarder.running(state) is None
     assert not _listens_on(fwd.port)
     assert not forwarder.stop(state)
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(), reason="scripts/deps.sh installs haproxy")
+def test_the_forwarder_fails_over_to_an_apiserver_that_answers(tmp_path: Path, echo_server: int) -> None:
+    """A dead first target (nothing listens there) does not cut the admin machine off: every connection
+    is answered by the live one, from the first, before any health check has run."""
+    state = State(tmp_path / "state").ensure()
+    # The apiservers share a port; nothing listens on 127.0.0.2's, so connections there are refused.
+    fwd = forwarder.ensure(state, [f"127.0.0.2:{echo_server}", f"127.0.0.1:{echo_server}"], None)
+    try:
+        answers = {_through(fwd.port, f"{n}\n".encode()) for n in range(6)}
+    finally:
+        forwarder.stop(state)
+    assert answers == {f"echo:{n}\n".encode() for n in range(6)}
+
+
+def test_the_forwarder_config_is_the_workers_balancer_with_the_labs_namespace() -> None:
+    text = forwarder.config(41234, ["192.168.56.10:6443", "192.168.56.11:6443"], "prov-ha")
+    servers = [line.split() for line in text.splitlines() if line.strip().startswith("server ")]
+    assert servers == [
+        ["server", "apiserver-1", "192.168.56.10:6443", "namespace", "prov-ha"],
+        ["server", "apiserver-2", "192.168.56.11:6443", "namespace", "prov-ha"],
+    ]
+    assert "bind 127.0.0.1:41234" in text
+    assert "on-marked-down shutdown-sessions" in text  # connections to a dead master are closed at once
+    assert "namespace" not in forwarder.config(41234, ["10.0.0.1:6443"], None).split("backend", 1)[1]
 
 
 def test_cli_kubeconfig_prints_the_user_file(state: State, monkeypatch: MonkeyPatch) -> None:
