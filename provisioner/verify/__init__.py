@@ -12,7 +12,7 @@ import fnmatch
 import time
 from collections.abc import Sequence
 
-from provisioner import artifacts
+from provisioner import artifacts, forwarder
 from provisioner.errors import ProvisionerError, ToolMissing
 from provisioner.events import EventBus, PhaseFinished, PhaseStarted, Progress
 from provisioner.hosts import load as load_hosts
@@ -21,7 +21,7 @@ from provisioner.kube import Kubectl
 from provisioner.providers import for_cluster
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
-from provisioner.verify import clusterchecks, hostchecks, security
+from provisioner.verify import clusterchecks, ha, hostchecks, security
 from provisioner.verify.kube import CheckFailed, Ssh
 from provisioner.verify.lab import ClusterCheck, Lab, Skip
 from provisioner.verify.report import FAILED, PASSED, SKIPPED, CheckResult, VerifyReport
@@ -35,11 +35,14 @@ ALIASES = {
     "security": [c.id for c in security.GROUP],
     "self-healing": ["pod-replaced", "container-restarted", "kill-*", "worker-shutdown"],
     "etcd": ["etcd-*"],
+    "ha": [c.id for c in ha.GROUP],
 }
 
 
 # Checks that take the control plane or a worker down for a while.
-DISRUPTIVE = {c.id for c in clusterchecks.CHECKS if c.id.startswith("kill-") or c.id == "worker-shutdown"}
+DISRUPTIVE = {c.id for c in clusterchecks.CHECKS if c.id.startswith("kill-") or c.id == "worker-shutdown"} | {
+    c.id for c in ha.GROUP
+}
 
 
 def check_ids() -> list[str]:
@@ -112,6 +115,7 @@ def run(cluster: Cluster, state: State, bus: EventBus, select: Sequence[str] | N
         prefix=prefix,
         agnhost_image=artifacts.image_names(cluster.spec.kubernetes.version)["agnhost"],
         provider=provider,
+        admin=Kubectl(kubectl_bin, state.user_kubeconfig) if forwarder.running(state) else None,
     )
     for check in clusterchecks.CHECKS:
         if check.id in chosen:

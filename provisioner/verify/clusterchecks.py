@@ -6,14 +6,16 @@ verify is one line in ``GROUPS`` (plus its import).
 
 from __future__ import annotations
 
-from provisioner.verify import cluster, security, selfheal
+from provisioner.verify import cluster, ha, security, selfheal
 from provisioner.verify.lab import ClusterCheck, check_cleanup
 
-# Self-healing last: its kills and shutdown disturb the cluster, the shutdown (the longest) at the very end.
+# Self-healing last: its kills and shutdown disturb the cluster, the shutdown (the longest) near the end;
+# then the masters' machines lost (rows that skip unless there are three masters).
 GROUPS: list[list[ClusterCheck]] = [
     cluster.GROUP,
     security.GROUP,
     selfheal.GROUP,
+    ha.GROUP,
 ]
 
 CHECKS: list[ClusterCheck] = [check for group in GROUPS for check in group]

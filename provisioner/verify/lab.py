@@ -37,6 +37,9 @@ class Lab:
     prefix: Sequence[str]
     agnhost_image: str
     provider: Provider | None = None
+    # kubectl as the user's own shell runs it (the admin machine's kubeconfig, through its loopback balancer
+    # over every master); None when that is the same as `kubectl`.
+    admin: Kubectl | None = None
     progress: Callable[[str], None] = lambda message: None
     cleanup_problems: list[str] = field(default_factory=list)
     # Scratch namespaces whose deletion was asked for; the "cleanup" row waits for them all at the end.

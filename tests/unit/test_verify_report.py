@@ -311,8 +311,8 @@ def test_every_daemon_the_playbooks_install_has_a_kill_check() -> None:
     for d in daemons:
         on = "master" if d in selfheal.MASTER_DAEMONS else "worker"
         assert on in layout.unit(d).roles, f"kill-{d} runs on a {on}, which has no {d}"
-    # Destructive checks run last, the longest (a worker powered off) at the very end.
-    assert ids[-1] == "worker-shutdown" and ids.index("nodes-ready") == 0
+    # Destructive checks run last: a worker powered off, then the masters' machines (rows only HA runs).
+    assert ids[-3:] == ["worker-shutdown", "master-loss", "etcd-quorum"] and ids.index("nodes-ready") == 0
     assert all(c.expectation for c in clusterchecks.CHECKS)
 
 

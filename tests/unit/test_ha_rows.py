@@ -1,0 +1,50 @@
+"""The HA rows' arithmetic (gaps in answers) and when they run; the rows themselves run on the HA lab."""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner import paths, spec
+from provisioner.verify import ha, selected
+from provisioner.verify.lab import Lab, Skip
+
+LOG = """\
+2026-12-02T01:40:00.000000001Z I1202 01:40:00.000000       1 main.go:79] calling /healthz
+2026-12-02T01:40:00.000100000Z I1202 01:40:00.000100       1 main.go:101] authz_header=abc
+2026-12-02T01:40:01.000000001Z I1202 01:40:01.000000       1 main.go:79] calling /healthz
+2026-12-02T01:40:02.000000001Z I1202 01:40:02.000000       1 main.go:79] calling /healthz
+2026-12-02T01:40:47.500000001Z E1202 01:40:47.500000       1 main.go:82] status=failed
+2026-12-02T01:40:47.500000002Z E1202 01:40:47.500000       1 main.go:83] error checking /healthz: EOF
+2026-12-02T01:40:48.000000001Z I1202 01:40:48.000000       1 main.go:79] calling /healthz
+2026-12-02T01:40:49.000000001Z I1202 01:40:49.000000       1 main.go:79] calling /healthz
+not a klog line
+"""
+
+
+def test_the_pod_gap_runs_from_the_last_answered_call_to_the_next_answered_one() -> None:
+    gap, answered, failed = ha.pod_api_gap(LOG)
+    # 01:40:01 answered, 01:40:02 failed (after 45 s), 01:40:48 answered: 47 s without an answer.
+    assert (round(gap, 3), answered, failed) == (47.0, 4, 1)
+
+
+def test_a_pod_log_without_two_answers_has_no_finite_gap() -> None:
+    assert ha.pod_api_gap("")[0] == float("inf")
+
+
+def test_the_admin_gap_counts_the_edges_of_the_window() -> None:
+    probe = ha.AdminProbe.__new__(ha.AdminProbe)
+    probe.successes = [1.0, 2.0, 3.0, 30.0, 31.0]
+    assert probe.longest_gap(2.5, 40.0) == 27.0  # 3.0 -> 30.0
+    assert probe.longest_gap(31.5, 50.0) == 18.5  # nothing answered after the cut: the whole window
+
+
+@pytest.mark.parametrize("row", [ha.check_master_loss, ha.check_etcd_quorum])
+def test_the_rows_skip_with_one_master(row: object) -> None:
+    lab = Lab(spec.load(paths.default_spec()), None, None, [], "agnhost")  # type: ignore[arg-type]
+    with pytest.raises(Skip, match="three masters"):
+        row(lab)  # type: ignore[operator]
+
+
+def test_the_ha_alias_selects_both_rows_last() -> None:
+    assert selected(["ha"]) == ["master-loss", "etcd-quorum"]
+    assert selected(None)[-2:] == ["master-loss", "etcd-quorum"]
