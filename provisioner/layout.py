@@ -50,6 +50,9 @@ SUPER_ADMIN_CONF = f"{DIRS.kube}/super-admin.conf"
 # How the apiserver encrypts Secrets in etcd; it re-reads the file by itself (its automatic reload), so
 # `provisioner secrets rotate-key` changes keys by replacing this file (provisioner/encryption.py).
 ENCRYPTION_CONFIG = f"{DIRS.kube}/encryption-config.yaml"
+# How a member that joins a running etcd cluster (a replaced master) first starts: the cluster as its other
+# members report it, state "existing". Read by the unit only while the data dir is empty.
+ETCD_JOIN_ENV = f"{DIRS.kube}/etcd-join.env"
 
 # System users the playbooks create; reset removes them. etcd runs as its own user, owning its data dir
 # (CIS 1.1.12); its keys stay root's and reach it through systemd's credentials.
@@ -253,6 +256,7 @@ def group_vars() -> dict[str, object]:
         "admin_conf": ADMIN_CONF,
         "super_admin_conf": SUPER_ADMIN_CONF,
         "encryption_config": ENCRYPTION_CONFIG,
+        "etcd_join_env": ETCD_JOIN_ENV,
         "crictl_config": CRICTL_CONFIG,
         "sysctl_config": SYSCTL_CONFIG,
         "modules_config": MODULES_CONFIG,

@@ -79,6 +79,7 @@ def validate(spec_file: SpecOption = None) -> None:
 app.command("up")(cluster.up)
 app.command("destroy")(cluster.destroy)
 app.command("reset")(cluster.reset)
+app.command("replace-master")(cluster.replace_master)
 app.command("verify")(verify.verify)
 app.command("drift")(drift.drift)
 app.command("kubeconfig")(access.kubeconfig)

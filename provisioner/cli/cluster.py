@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from provisioner import admin, lifecycle, spec
+from provisioner import admin, lifecycle, replace, spec
 from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.state import State
 
@@ -105,3 +105,29 @@ def reset(
     renderer.summary()
     per_host = ", ".join(f"{host} {stats.changed} changed" for host, stats in sorted(run.hosts.items()))
     out.print(f"reset {cluster.name}: {per_host}; the machines stay, `provisioner up` builds the cluster again")
+
+
+def replace_master(
+    name: Annotated[str, typer.Argument(help="The master to replace (its machine is destroyed and made anew).")],
+    spec_file: SpecOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Replace a lost master: its etcd member removed, a new machine with fresh certificates joined."""
+    bus, renderer = cli_bus()
+    with fail_cleanly(renderer):
+        cluster = spec.load(spec_path(spec_file))
+        replace.preflight(cluster, name)
+        what = (
+            "its VM is destroyed and made anew"
+            if isinstance(cluster.spec.provider, spec.VagrantProvider)
+            else ("its host must already be reinstalled")
+        )
+        if not yes and not typer.confirm(
+            f"replace master {name} of {cluster.name}: its etcd member is removed, {what}?"
+        ):
+            raise typer.Exit(1)
+        result = replace.replace_master(cluster, State.for_cluster(cluster.name), bus, name)
+    renderer.summary()
+    removed = ", ".join(m.id for m in result.removed) or "none listed"
+    members = ", ".join(f"{m.name} ({m.id})" for m in result.members_after)
+    out.print(f"{name} replaced in {result.seconds:.0f} s: old member {removed}; etcd members now {members}")

@@ -229,6 +229,10 @@ def _flags(unit: str) -> dict[str, str]:
             name, _, value = flag.partition("=")
             assert name not in flags, f"{name} given twice"
             flags[name] = value
+        elif flag.startswith("Environment=ETCD_"):
+            # etcd reads ETCD_INITIAL_CLUSTER as --initial-cluster (a join file may override it)
+            name, _, value = flag.removeprefix("Environment=").partition("=")
+            flags["--" + name.removeprefix("ETCD_").lower().replace("_", "-")] = value
     return flags
 
 
@@ -254,6 +258,8 @@ def test_three_etcd_members_form_one_cluster_on_the_node_network(ha_rendered: Pa
     assert flags["--initial-cluster"] == ",".join(f"{n}=https://{a}:2380" for n, a in HA_MASTERS.items())
     assert flags["--initial-cluster-state"] == "new"
     assert flags["--listen-peer-urls"] == flags["--initial-advertise-peer-urls"] == f"https://{address}:2380"
+    unit = render(ha_rendered, "etcd", "etcd.service.j2", host)
+    assert "EnvironmentFile=-/etc/kubernetes/etcd-join.env" in unit.splitlines()  # a joining member's override
     assert flags["--listen-client-urls"] == f"https://{address}:2379,https://127.0.0.1:2379"
     assert flags["--advertise-client-urls"] == f"https://{address}:2379"
     # peers authenticate with etcd's CA and must carry the CN only peer certificates carry
