@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from provisioner import layout
 from provisioner.errors import ProvisionerError
 from provisioner.providers.base import Provider
-from provisioner.spec import Node, VagrantProvider
-from provisioner.verify.kube import CheckFailed, NotYet, wait_for
+from provisioner.spec import Cluster, Node, VagrantProvider
+from provisioner.verify.kube import CheckFailed, NotYet, Ssh, wait_for
 from provisioner.verify.lab import (
     POD_READY_TIMEOUT,
     ClusterCheck,
@@ -78,14 +78,18 @@ def lease_holders(lab: Lab) -> dict[str, str]:
 
 
 def etcd_health(lab: Lab, via: Node) -> dict[str, bool]:
+    return etcd_health_via(lab.ssh, lab.cluster, via)
+
+
+def etcd_health_via(ssh: Ssh, cluster: Cluster, via: Node) -> dict[str, bool]:
     """Each master's etcd member healthy or not, as seen from `via` (etcdctl endpoint health --cluster)."""
-    by_address = {str(m.address): m.name for m in lab.cluster.masters}
-    proc = lab.ssh.run(via.name, f"{layout.ETCDCTL} endpoint health --cluster -w json", check=False, timeout=90)
+    by_address = {str(m.address): m.name for m in cluster.masters}
+    proc = ssh.run(via.name, f"{layout.ETCDCTL} endpoint health --cluster -w json", check=False, timeout=90)
     try:
         answers = json.loads(proc.stdout.decode() or "[]")
     except ValueError:
         raise NotYet(f"etcdctl on {via.name}: {proc.stderr.decode().strip()[:300]}") from None
-    health = {m.name: False for m in lab.cluster.masters}
+    health = {m.name: False for m in cluster.masters}
     for answer in answers:
         address = re.sub(r"^https://|:\d+$", "", str(answer.get("endpoint", "")))
         if address in by_address:

@@ -201,6 +201,9 @@ def _through(port: int, line: bytes) -> bytes:
         return sock.makefile("rb").readline()
 
 
+NO_HAPROXY = shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists()
+
+
 def _listens_on(port: int) -> set[str]:
     """Local addresses listening on `port` (from /proc/net/tcp, IPv4)."""
     found = set()
@@ -212,7 +215,10 @@ def _listens_on(port: int) -> set[str]:
     return found
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(), reason="scripts/deps.sh installs haproxy")
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(),
+    reason="scripts/deps.sh installs haproxy",
+)
 def test_the_forwarder_relays_listens_on_loopback_only_is_reused_and_stops(tmp_path: Path, echo_server: int) -> None:
     state = State(tmp_path / "state").ensure()
     target = f"127.0.0.1:{echo_server}"
@@ -233,7 +239,10 @@ def test_the_forwarder_relays_listens_on_loopback_only_is_reused_and_stops(tmp_p
     assert not forwarder.stop(state)
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(), reason="scripts/deps.sh installs haproxy")
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(),
+    reason="scripts/deps.sh installs haproxy",
+)
 def test_the_forwarder_fails_over_to_an_apiserver_that_answers(tmp_path: Path, echo_server: int) -> None:
     """A dead first target (nothing listens there) does not cut the admin machine off: every connection
     is answered by the live one, from the first, before any health check has run."""

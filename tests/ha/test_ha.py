@@ -1,0 +1,106 @@
+"""The HA lab end to end: converge, converge again with nothing to change, lose a master, lose the quorum,
+break the admin machine's failover by hand and watch the row say so, and replace a destroyed master.
+
+Durations and the rows' details are printed (./run-tests --ha runs pytest with -s).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from halab import HaLab
+
+from provisioner import endpoints, forwarder, layout, lifecycle, replace
+from provisioner.events import EventBus
+from provisioner.providers import for_cluster
+from provisioner.verify import ha, run
+from provisioner.verify.report import FAILED, PASSED
+
+pytestmark = [pytest.mark.ha]
+
+
+def test_three_masters_one_etcd_cluster_every_apiserver_and_one_leader_each(ha_lab: HaLab) -> None:
+    ssh = ha_lab.ssh()
+    masters = ha_lab.cluster.masters
+    health = ha.etcd_health_via(ssh, ha_lab.cluster, masters[0])
+    assert health == {m.name: True for m in masters}, health
+    listed = json.loads(ssh.text(masters[0].name, f"{layout.ETCDCTL} member list -w json"))["members"]
+    assert sorted(m["name"] for m in listed) == sorted(m.name for m in masters)
+    assert not [m for m in listed if m.get("isLearner")]
+    leases = ha_lab.kubectl().json("get", "leases", "-n", "kube-system", "-l", "apiserver.kubernetes.io/identity")
+    assert len(leases["items"]) == len(masters)
+    for name in ha.LEADERS:
+        holder = ha_lab.kubectl().json("get", "lease", name, "-n", "kube-system")["spec"]["holderIdentity"]
+        assert holder.split("_")[0] in {m.name for m in masters}
+    fwd = forwarder.running(ha_lab.state)
+    assert fwd is not None and fwd.targets == tuple(f"{m.address}:{endpoints.APISERVER_PORT}" for m in masters)
+    assert ha_lab.admin().run("get", "nodes").returncode == 0
+
+
+def test_up_again_changes_nothing(ha_lab: HaLab) -> None:
+    started = time.monotonic()
+    again = lifecycle.up(ha_lab.cluster, ha_lab.state, EventBus(), merge_kubeconfig=False)
+    print(f"\nup again on the HA lab: {again.changed} changed in {time.monotonic() - started:.0f}s")
+    per_host = {host: stats.changed for host, stats in again.run.hosts.items()}
+    assert again.changed == 0, f"changed tasks per host: {per_host}; see {again.run.stdout}"
+
+
+def test_the_ha_rows_pass(ha_lab: HaLab) -> None:
+    report = run(ha_lab.cluster, ha_lab.state, EventBus(), ["ha"])
+    for r in report.results:
+        print(f"\n{r.seconds:8.1f}s  {r.result:<7} {r.check}: {r.detail}")
+    assert report.ok and {r.check for r in report.results if r.result == PASSED} >= {"master-loss", "etcd-quorum"}
+
+
+def test_master_loss_fails_when_the_admin_machine_can_reach_only_the_lost_master(ha_lab: HaLab) -> None:
+    """The promise broken by hand: the loopback balancer pointed at one master, the one the row powers off
+    (the controller-manager's leader), as the single-target forwarder before it did."""
+    holder = ha_lab.kubectl().json("get", "lease", "kube-controller-manager", "-n", "kube-system")
+    victim = ha_lab.cluster.node(holder["spec"]["holderIdentity"].split("_")[0])
+    namespace = for_cluster(ha_lab.cluster, ha_lab.state, EventBus()).lab_namespace()
+    targets = [f"{m.address}:{endpoints.APISERVER_PORT}" for m in ha_lab.cluster.masters]
+    forwarder.ensure(ha_lab.state, [f"{victim.address}:{endpoints.APISERVER_PORT}"], namespace)
+    try:
+        report = run(ha_lab.cluster, ha_lab.state, EventBus(), ["master-loss"])
+    finally:
+        forwarder.ensure(ha_lab.state, targets, namespace)
+    row = report.results[0]
+    print(f"\nbroken by hand: {row.result} {row.detail}")
+    assert row.result == FAILED and "the admin machine went" in row.detail
+
+
+def test_a_destroyed_master_is_replaced_and_nothing_is_lost(ha_lab: HaLab) -> None:
+    kubectl = ha_lab.admin()
+    kubectl.run("create", "namespace", "before-replace")
+    kubectl.run("-n", "before-replace", "create", "configmap", "kept", "--from-literal=made=before")
+    ssh = ha_lab.ssh()
+    masters = ha_lab.cluster.masters
+    victim = masters[1]
+    before = {
+        m.name: m.id
+        for m in replace.parse_members(
+            ssh.text(masters[0].name, f"{layout.ETCDCTL} member list -w json"), "member list"
+        )
+    }
+    provider = for_cluster(ha_lab.cluster, ha_lab.state, EventBus())
+    provider.destroy([victim])  # gone for good: a new machine must take its place
+    started = time.monotonic()
+    result = replace.replace_master(ha_lab.cluster, ha_lab.state, EventBus(), victim.name)
+    print(
+        f"\nreplace-master {victim.name}: {time.monotonic() - started:.0f}s, changed per host "
+        f"{result.changed_per_host}, members {[(m.name, m.id) for m in result.members_after]}"
+    )
+    after = {m.name: m.id for m in result.members_after}
+    assert sorted(after) == sorted(m.name for m in masters)
+    assert after[victim.name] != before[victim.name]  # a new member, not the old one back
+    assert {n: i for n, i in after.items() if n != victim.name} == {
+        n: i for n, i in before.items() if n != victim.name
+    }  # the others untouched
+    assert set(result.changed_per_host) == {victim.name}
+    health = ha.etcd_health_via(ha_lab.ssh(), ha_lab.cluster, masters[0])
+    assert all(health.values()), health
+    kept = kubectl.json("-n", "before-replace", "get", "configmap", "kept")
+    assert kept["data"] == {"made": "before"}
+    kubectl.run("delete", "namespace", "before-replace", "--wait=false")
