@@ -142,6 +142,8 @@ ARTIFACTS = (
     Artifact("bin/kubectl", "kubernetes", _M),
     Artifact("bin/etcd", "etcd", _M),
     Artifact("bin/etcdctl", "etcd", _M),
+    # etcd 3.6's offline tool: `snapshot restore` and `snapshot status` (no longer in etcdctl).
+    Artifact("bin/etcdutl", "etcd", _M),
     Artifact("bin/containerd", "containerd", _W),
     Artifact("bin/containerd-shim-runc-v2", "containerd", _W),
     Artifact("bin/ctr", "containerd", _W),
