@@ -29,12 +29,16 @@ The restore bumps etcd's revision by BUMP_REVISION and marks the old ones compac
 "etcd restore for Kubernetes", etcd-io/etcd#16028): a client that saw a resourceVersion newer than the
 snapshot must relist instead of waiting for revisions that will never come, or meeting reused ones.
 
-A run stopped part-way is continued by running it again. A restored data dir holds layout.ETCD_RESTORE_MARKER
-(the snapshot's sha256) until the whole restore is done, so a second run keeps a member already restored
-from this snapshot (and whatever it has served since) and restores the others; any other data dir (the
-original, or one an etcd started on an empty directory meanwhile) is moved aside under a new name, never
-written over; etcdutl's half-written output (layout.ETCD_DATA_RESTORING) is never the data dir and is
-removed before etcdutl runs again. Stopping, starting and waiting are idempotent.
+A run stopped part-way is continued by running it again. The restore under way is recorded on the admin
+machine (RECORD_FILE in the backups directory: the snapshot's sha256 and the run's name, its first start
+time) from before anything stops until everything runs again, and each member it restores holds
+layout.ETCD_RESTORE_MARKER naming both. So a second run keeps a member this restore already made (and
+whatever it served since: no member is ever restored twice within one restore, which raft would not
+survive) and restores the others; any other data dir (the original, or one an etcd started on an empty
+directory after a reboot) is moved aside under this invocation's own name, never written over; etcdutl's
+half-written output (layout.ETCD_DATA_RESTORING) is never the data dir and is removed before etcdutl runs
+again. Stopping, starting and waiting are idempotent. A record of another snapshot refuses the restore
+until that one is finished or given up.
 
 Everything asked of the cluster goes through a :class:`Remote`; :class:`LiveCluster` is the real one.
 """
@@ -74,7 +78,11 @@ BUMP_REVISION = 1_000_000_000
 WAIT_SECONDS = 300.0
 POLL_SECONDS = 5.0
 TRANSFER_SECONDS = 900.0
+# A backup's temporary directory older than this was left by a killed run, not by one still busy.
+STALE_BACKUP_MINUTES = 60
 CHUNK = 1 << 20
+# In the backups directory while a restore is under way: {"sha256": ..., "run": ..., "snapshot": ...}.
+RECORD_FILE = "restore-under-way.json"
 
 # The units, as the layout names them (a unit renamed there fails here, at import).
 ETCD = layout.unit("etcd").name
@@ -262,6 +270,13 @@ def tmp_dir_script(purpose: str) -> str:
     return f"mktemp -d {layout.SNAPSHOT_TMP}/provisioner-{purpose}.XXXXXX"
 
 
+def stale_tmp_script(purpose: str, minutes: int = 0) -> str:
+    """Remove what an earlier run killed before its clean-up left (older than `minutes`: another run may be busy)."""
+    age = f" -mmin +{minutes}" if minutes else ""
+    pattern = shlex.quote(f"provisioner-{purpose}.*")
+    return f"find {layout.SNAPSHOT_TMP} -maxdepth 1 -type d -name {pattern}{age} -exec rm -rf -- {{}} +"
+
+
 def save_script(path: str) -> str:
     return f"{layout.ETCDCTL} snapshot save {shlex.quote(path)}"
 
@@ -279,7 +294,7 @@ def systemctl_script(verb: str, units: Sequence[str], no_block: bool = False) ->
 
 
 def data_dir_script() -> str:
-    """Prints "restored SHA256" (a restore's marker in it), "present" or "absent"."""
+    """Prints "restored SHA256 RUN" (a restore's marker in it), "present" or "absent"."""
     data = shlex.quote(layout.DIRS.etcd_data)
     marker = shlex.quote(f"{layout.DIRS.etcd_data}/{layout.ETCD_RESTORE_MARKER}")
     return (
@@ -315,7 +330,7 @@ def restore_script(
     member: endpoints.EtcdMember,
     initial_cluster: str,
     token: str,
-    sha256: str,
+    marker: str,
     user: str = layout.ETCD_USER,
 ) -> str:
     """Restore the member beside the data dir, mark it, hand it to etcd's user, then put it in place."""
@@ -328,7 +343,7 @@ def restore_script(
             # etcdutl refuses an existing --data-dir; what is there is an earlier run's unfinished output.
             f"rm -rf -- {restoring}",
             shlex.join(argv),
-            f"printf '%s\\n' {shlex.quote(sha256)} > {restoring}/{layout.ETCD_RESTORE_MARKER}",
+            f"printf '%s\\n' {shlex.quote(marker)} > {restoring}/{layout.ETCD_RESTORE_MARKER}",
             f"chown -R {shlex.quote(user)}: {restoring}",
             f"chmod 0700 {restoring}",
             f"mv -T -- {restoring} {data}",
@@ -356,18 +371,23 @@ def etcdutl_present_script() -> str:
 
 @dataclass(frozen=True)
 class DataDir:
-    """A master's etcd data dir: "present", "absent" or "restored" (then from the snapshot with sha256)."""
+    """A master's etcd data dir: "present", "absent" or "restored" (then with the marker's words)."""
 
     kind: str
-    sha256: str = ""
+    marker: str = ""
+
+
+def marker_of(sha256: str, run: str) -> str:
+    """What a restored member's marker holds: the snapshot and the restore that made it."""
+    return f"{sha256} {run}"
 
 
 def parse_data_dir(text: str, node: str) -> DataDir:
     words = text.split()
     if words == ["present"] or words == ["absent"]:
         return DataDir(words[0])
-    if len(words) == 2 and words[0] == "restored":
-        return DataDir("restored", words[1])
+    if len(words) == 3 and words[0] == "restored":
+        return DataDir("restored", " ".join(words[1:]))
     raise RestoreError(f"{node}: {layout.DIRS.etcd_data}", f"the probe of the data dir printed {text.strip()!r}")
 
 
@@ -438,6 +458,7 @@ def take(
         name = new_name(backups, at)
         final = snapshot_file(backups, name)
         part = backups / f".{name}{SNAPSHOT_SUFFIX}.part"
+        remote.run(master, stale_tmp_script("backup", minutes=STALE_BACKUP_MINUTES))
         tmp = remote.run(master, tmp_dir_script("backup")).strip()
         try:
             on_master = f"{tmp}/snapshot{SNAPSHOT_SUFFIX}"
@@ -577,7 +598,16 @@ class RestorePlan:
     members: tuple[endpoints.EtcdMember, ...]
     token: str
     workers: tuple[str, ...]
-    stamp: str  # this run's UTC time: the aside directories' suffix
+    stamp: str  # this invocation's UTC time: the aside directories' suffix
+    run: str  # the restore's name: its first invocation's stamp (a resumed restore keeps it)
+
+    @property
+    def resuming(self) -> bool:
+        return self.run != self.stamp
+
+    @property
+    def marker(self) -> str:
+        return marker_of(self.snapshot.sidecar.sha256, self.run)
 
     @property
     def masters(self) -> tuple[str, ...]:
@@ -596,8 +626,9 @@ class RestorePlan:
         then = sorted(m.name for m in side.members)
         moved = "" if then == sorted(self.masters) else f" (taken when the members were {', '.join(then)})"
         workers = f"; kubelet and kube-proxy restart on {', '.join(self.workers)}" if self.workers else ""
+        again = f"continue the restore started at {self.run} and " if self.resuming else ""
         return (
-            f"restore cluster {self.cluster}'s etcd from {side.name} (taken {side.taken_at} from "
+            f"{again}restore cluster {self.cluster}'s etcd from {side.name} (taken {side.taken_at} from "
             f"{side.taken_from}, revision {side.revision}, {side.total_keys} keys){moved}? The API goes down: "
             f"kube-apiserver, controller-manager, scheduler and etcd stop on {', '.join(self.masters)}; each "
             f"master's {layout.DIRS.etcd_data} is moved to {self.aside}; whatever was written after the backup "
@@ -605,15 +636,47 @@ class RestorePlan:
         )
 
 
-def plan(snapshot: Snapshot, cluster: Cluster, now: datetime | None = None) -> RestorePlan:
-    at = (now or datetime.now(UTC)).astimezone(UTC)
+def record_path(backups: Path) -> Path:
+    return backups / RECORD_FILE
+
+
+def read_record(backups: Path) -> dict[str, str] | None:
+    path = record_path(backups)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("sha256", "run", "snapshot")):
+        raise BackupError(
+            str(path),
+            "is not a record of a restore under way",
+            "remove it if no restore was stopped part-way; otherwise the masters' data dirs are as that one left them",
+        )
+    return {k: doc[k] for k in ("sha256", "run", "snapshot")}
+
+
+def plan(snapshot: Snapshot, cluster: Cluster, backups: Path, now: datetime | None = None) -> RestorePlan:
+    """What `restore` would do now; a restore of this snapshot under way is continued, of another refused."""
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime(STAMP)
+    under_way = read_record(backups)
+    if under_way is not None and under_way["sha256"] != snapshot.sidecar.sha256:
+        raise BackupError(
+            f"cluster {cluster.name}",
+            f"a restore from {under_way['snapshot']} (started {under_way['run']}) was stopped part-way and is not "
+            f"finished; restoring {snapshot.sidecar.name} now would mix the two",
+            f"finish it with `provisioner restore {under_way['snapshot']}`, or give it up by removing "
+            f"{record_path(backups)} (each master's data dir from before it is kept under {layout.ETCD_DATA_ASIDE}*)",
+        )
     return RestorePlan(
         snapshot,
         cluster.name,
         tuple(endpoints.etcd_members(cluster)),
         endpoints.etcd_cluster_token(cluster),
         tuple(w.name for w in cluster.workers),
-        at.strftime(STAMP),
+        stamp,
+        under_way["run"] if under_way else stamp,
     )
 
 
@@ -660,12 +723,16 @@ def restore(
     restore_plan: RestorePlan,
     remote: Remote,
     bus: EventBus,
+    backups: Path,
     timeout: float = WAIT_SECONDS,
     interval: float = POLL_SECONDS,
 ) -> RestoreResult:
     """Stop the control plane, restore every member, start everything again in order (see the module)."""
     p = restore_plan
     result = RestoreResult(p.snapshot.sidecar.name)
+    record = {"sha256": p.snapshot.sidecar.sha256, "run": p.run, "snapshot": p.snapshot.sidecar.name}
+    backups.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(record_path(backups), (json.dumps(record) + "\n").encode(), 0o600)
 
     def step(name: str, detail: str) -> _Step:
         return _Step(bus, result, name, detail)
@@ -727,7 +794,9 @@ def restore(
         for worker in p.workers:
             remote.run(worker, systemctl_script("restart", WORKER_UNITS), timeout=180)
             phase.progress(f"restarted {', '.join(WORKER_UNITS)}", host=worker)
-        # Done: the markers only told a second run which members to keep.
+        # Done. A marker left behind by an interruption here names a finished restore: a later restore
+        # moves that data dir aside like any other.
+        record_path(backups).unlink()
         for master in p.masters:
             remote.run(master, clear_marker_script())
     return result
@@ -737,10 +806,12 @@ def _restore_member(
     p: RestorePlan, member: endpoints.EtcdMember, remote: Remote, phase: Phase, result: RestoreResult
 ) -> None:
     node, sha = member.name, p.snapshot.sidecar.sha256
+    # Only one restore runs (the cluster is down): a copy of a snapshot an interrupted run left can go.
+    remote.run(node, stale_tmp_script("restore"))
     found = parse_data_dir(remote.run(node, data_dir_script()), node)
-    if found == DataDir("restored", sha):
+    if found == DataDir("restored", p.marker):
         result.kept.append(node)
-        phase.progress("already restored from this snapshot by an earlier run: kept as it is", host=node)
+        phase.progress(f"already restored by this restore (started {p.run}): kept as it is", host=node)
         return
     if found.kind != "absent":
         remote.run(node, move_aside_script(p.aside))
@@ -757,7 +828,8 @@ def _restore_member(
                 f"has sha256 {arrived[:12]}…, not {sha[:12]}…",
                 "run `provisioner restore` again (it continues here)",
             )
-        remote.run(node, restore_script(on_node, member, p.initial_cluster, p.token, sha), timeout=TRANSFER_SECONDS)
+        script = restore_script(on_node, member, p.initial_cluster, p.token, p.marker)
+        remote.run(node, script, timeout=TRANSFER_SECONDS)
     finally:
         remote.run(node, remove_script(tmp))
     phase.progress(f"restored as member {member.name} of {p.initial_cluster}", host=node)

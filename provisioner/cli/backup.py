@@ -89,7 +89,7 @@ def restore(
         state = State.for_cluster(cluster.name)
         etcdutl = artifact_set(cluster).bin / "etcdutl"
         checked = core.validate(snapshot, cluster.name, state.backups_dir, etcdutl)
-        planned = core.plan(checked, cluster)
+        planned = core.plan(checked, cluster, state.backups_dir)
         remote = core.LiveCluster(cluster, state, bus)
         core.preflight(planned, remote)
         if not yes:
@@ -101,7 +101,7 @@ def restore(
                 )
             if not typer.confirm(planned.question()):
                 raise typer.Exit(1)
-        result = core.restore(planned, remote, bus)
+        result = core.restore(planned, remote, bus, state.backups_dir)
     table = Table(title=f"cluster {cluster.name}: etcd restored from {result.snapshot}", title_justify="left")
     table.add_column("step")
     table.add_column("seconds", justify="right")
