@@ -85,6 +85,12 @@ def restore(
     """
     bus, renderer = cli_bus()
     with fail_cleanly(renderer):
+        if not yes and not sys.stdin.isatty():
+            raise ProvisionerError(
+                "provisioner restore",
+                "asks for confirmation, and its input is not a terminal; nothing was checked or changed",
+                "run it with --yes to restore without asking",
+            )
         cluster = spec.load(spec_path(spec_file))
         state = State.for_cluster(cluster.name)
         etcdutl = artifact_set(cluster).bin / "etcdutl"
@@ -92,15 +98,8 @@ def restore(
         planned = core.plan(checked, cluster, state.backups_dir)
         remote = core.LiveCluster(cluster, state, bus)
         core.preflight(planned, remote)
-        if not yes:
-            if not sys.stdin.isatty():
-                raise ProvisionerError(
-                    "provisioner restore",
-                    "asks for confirmation, and its input is not a terminal",
-                    "run it with --yes to restore without asking",
-                )
-            if not typer.confirm(planned.question()):
-                raise typer.Exit(1)
+        if not yes and not typer.confirm(planned.question()):
+            raise typer.Exit(1)
         result = core.restore(planned, remote, bus, state.backups_dir)
     table = Table(title=f"cluster {cluster.name}: etcd restored from {result.snapshot}", title_justify="left")
     table.add_column("step")

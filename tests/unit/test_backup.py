@@ -17,9 +17,11 @@ from pathlib import Path
 import clusters
 import pytest
 from simetcd import MASTER_UNITS, Data, EtcdSim, Interrupted
+from typer.testing import CliRunner
 
 from provisioner import backup, endpoints, inventory, layout, paths
 from provisioner.backup import BackupError, RestoreError
+from provisioner.cli import app
 from provisioner.errors import ToolMissing
 from provisioner.events import EventBus, PhaseStarted, Recorder
 from provisioner.state import State
@@ -413,3 +415,37 @@ def test_the_question_says_what_goes_down_and_where_the_data_goes(tmp_path: Path
 def test_endpoints_peer_urls_use_the_layout_port() -> None:
     members = endpoints.etcd_members(clusters.ha())
     assert all(m.peer_url.endswith(f":{layout.PORTS['etcd_peer']}") for m in members)
+
+
+# --- the verbs -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PROVISIONER_STATE", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def test_restore_without_a_terminal_refuses_unless_told_yes(state_root: Path) -> None:
+    result = CliRunner().invoke(app, ["restore", "etcd-20261202T012403Z"], input="y\n")
+    assert result.exit_code == 1, result.output
+    assert "input is not a terminal" in result.output and "--yes" in result.output
+
+
+def test_restore_of_an_unknown_backup_changes_nothing_and_says_what_there_is(state_root: Path) -> None:
+    known = _backup(State.for_cluster(clusters.default().name).backups_dir)
+    result = CliRunner().invoke(app, ["restore", "--yes", "etcd-19990101T000000Z"])
+    assert result.exit_code == 1, result.output
+    assert "is neither a snapshot file nor the name of a backup" in result.output and known.stem in result.output
+
+
+def test_backup_list_shows_each_backup_and_its_checksum(state_root: Path) -> None:
+    backups = State.for_cluster(clusters.default().name).backups_dir
+    good = _backup(backups, at=WHEN)
+    bad = _backup(backups, at=WHEN + timedelta(hours=1))
+    bad.write_bytes(b"changed afterwards")
+    result = CliRunner().invoke(app, ["backup", "--list"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if "etcd-" in line and "│" in line}
+    assert "ok" in rows[good.stem] and "2026-12-02T01:24:03Z" in rows[good.stem]
+    assert "BAD" in rows[bad.stem] and str(STATUS.revision) in rows[bad.stem]
