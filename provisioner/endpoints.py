@@ -47,6 +47,11 @@ class EtcdMember:
     name: str
     address: str
 
+    @property
+    def peer_url(self) -> str:
+        """Where the other members reach it: what it listens on and advertises, and its --initial-cluster entry."""
+        return f"https://{self.address}:{layout.PORTS['etcd_peer']}"
+
 
 def etcd_members(cluster: Cluster) -> list[EtcdMember]:
     """One member per master. A lone member has no peer and one client (the apiserver beside it), so it
@@ -56,3 +61,13 @@ def etcd_members(cluster: Cluster) -> list[EtcdMember]:
     if len(masters) == 1:
         return [EtcdMember(masters[0].name, "127.0.0.1")]
     return [EtcdMember(m.name, str(m.address)) for m in masters]
+
+
+def etcd_initial_cluster(members: list[EtcdMember]) -> str:
+    """etcd's --initial-cluster: every member's name and peer URL (the unit's, and a restore's)."""
+    return ",".join(f"{m.name}={m.peer_url}" for m in members)
+
+
+def etcd_cluster_token(cluster: Cluster) -> str:
+    """etcd's --initial-cluster-token: the cluster's name, so two clusters' members never take each other in."""
+    return f"{cluster.name}-etcd"

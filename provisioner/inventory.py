@@ -122,8 +122,13 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
         "kube_proxy_mode": net.proxy_mode,
         "pod_cidrs": {name: str(cidr) for name, cidr in cluster.pod_cidrs.items()},
         "node_addresses": {n.name: str(n.address) for n in cluster.spec.nodes},
-        # etcd's members, name and address (loopback for a lone one): the etcd role's cluster, the apiserver's servers.
-        "etcd_members": [{"name": m.name, "address": m.address} for m in endpoints.etcd_members(cluster)],
+        # etcd's members, name, address (loopback for a lone one) and peer URL: the etcd role's cluster, the
+        # apiserver's servers. The initial cluster and token are also what `provisioner restore` gives etcdutl.
+        "etcd_members": [
+            {"name": m.name, "address": m.address, "peer_url": m.peer_url} for m in endpoints.etcd_members(cluster)
+        ],
+        "etcd_initial_cluster": endpoints.etcd_initial_cluster(endpoints.etcd_members(cluster)),
+        "etcd_cluster_token": endpoints.etcd_cluster_token(cluster),
         "artifacts_dir": str(artifacts_dir),
         # Units carry their binary's checksum, so a new binary restarts its service like a new config.
         "artifact_checksums": _checksums(artifacts_dir),

@@ -56,7 +56,8 @@ ETCD_JOIN_ENV = f"{DIRS.kube}/etcd-join.env"
 
 # System users the playbooks create; reset removes them. etcd runs as its own user, owning its data dir
 # (CIS 1.1.12); its keys stay root's and reach it through systemd's credentials.
-SYSTEM_USERS = ("etcd",)
+ETCD_USER = "etcd"
+SYSTEM_USERS = (ETCD_USER,)
 
 # Single configuration files outside the directories above.
 CONTAINERD_SOCKET = f"{DIRS.containerd_run}/containerd.sock"
@@ -100,6 +101,16 @@ PORTS = {
 
 # etcdctl on the master as the apiserver reaches etcd (verify's probes, the key rotation's checks).
 ETCDCTL = f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:{PORTS['etcd_client']} {ETCDCTL_TLS}"
+
+# `provisioner restore` (provisioner/backup.py) on a master: etcdutl writes the restored member beside the data
+# dir, which takes its place only once complete; the data dir it replaces is kept under a name of its own
+# (ETCD_DATA_ASIDE + the restore's UTC time); and until the whole restore is done, a marker in the restored
+# data dir names the snapshot it came from (etcd logs "found invalid file under data directory" meanwhile).
+ETCD_DATA_RESTORING = f"{DIRS.etcd_data}.restoring"
+ETCD_DATA_ASIDE = f"{DIRS.etcd_data}.before-restore-"
+ETCD_RESTORE_MARKER = "provisioner-restored-from"
+# Root-only temporary directories on a master for a snapshot on its way to or from the admin machine.
+SNAPSHOT_TMP = "/var/tmp"
 
 # Kernel modules and settings every node needs: overlay for containerd's snapshots, br_netfilter and the
 # bridge settings so bridged pod traffic meets iptables, forwarding for the pod routes between nodes.
@@ -145,6 +156,8 @@ ARTIFACTS = (
     Artifact("bin/kubectl", "kubernetes", _M),
     Artifact("bin/etcd", "etcd", _M),
     Artifact("bin/etcdctl", "etcd", _M),
+    # etcd 3.6's offline tool: `snapshot restore` and `snapshot status` (no longer in etcdctl).
+    Artifact("bin/etcdutl", "etcd", _M),
     Artifact("bin/containerd", "containerd", _W),
     Artifact("bin/containerd-shim-runc-v2", "containerd", _W),
     Artifact("bin/ctr", "containerd", _W),

@@ -71,6 +71,11 @@ class State:
         return self.root / "forwarder.json"
 
     @property
+    def backups_dir(self) -> Path:
+        """etcd snapshots and their sidecars (provisioner/backup.py), root-only."""
+        return self.root / "backups"
+
+    @property
     def runs_dir(self) -> Path:
         """ansible-runner private data dirs, one per run, kept for reading failures afterwards."""
         return self.root / "runs"

@@ -372,8 +372,20 @@ def recipes(kubernetes: str) -> list[Recipe]:
         GoRecipe(
             "etcd",
             pins.etcd,
-            {"go.etcd.io/etcd/server/v3": pins.etcd, "go.etcd.io/etcd/etcdctl/v3": pins.etcd},
-            [GoTarget({"bin/etcd": "go.etcd.io/etcd/server/v3", "bin/etcdctl": "go.etcd.io/etcd/etcdctl/v3"})],
+            {
+                "go.etcd.io/etcd/server/v3": pins.etcd,
+                "go.etcd.io/etcd/etcdctl/v3": pins.etcd,
+                "go.etcd.io/etcd/etcdutl/v3": pins.etcd,
+            },
+            [
+                GoTarget(
+                    {
+                        "bin/etcd": "go.etcd.io/etcd/server/v3",
+                        "bin/etcdctl": "go.etcd.io/etcd/etcdctl/v3",
+                        "bin/etcdutl": "go.etcd.io/etcd/etcdutl/v3",
+                    }
+                )
+            ],
             gowrap.same_version(pins.etcd),
         ),
         GoRecipe(

@@ -280,7 +280,7 @@ def units(kubernetes: str, bases: Bases) -> list[Unit]:
             pins.etcd,
             f"{etcd_dir}/{etcd_tar}",
             f"{etcd_dir}/SHA256SUMS",
-            {"bin/etcd": "etcd", "bin/etcdctl": "etcdctl"},
+            {"bin/etcd": "etcd", "bin/etcdctl": "etcdctl", "bin/etcdutl": "etcdutl"},
         ),
         Archive(
             "containerd",

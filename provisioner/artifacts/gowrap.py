@@ -97,7 +97,9 @@ def render(
         for left, right in mod.replaces:
             module = left.split()[0]
             if is_local(right):
-                if "FORBIDDEN_DEPENDENCY" in right:
+                # A sibling the wrapper itself requires at that very version needs no replacement (etcdutl's
+                # go.mod replaces the server the wrapper requires): the line would only change the build info.
+                if "FORBIDDEN_DEPENDENCY" in right or requires.get(module) == sibling_version(module):
                     continue
                 replaces[module] = f"{module} {sibling_version(module)}"
             else:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from provisioner import hosts, providers, scaling, spec
 from provisioner.cli import access, artifacts, box, cluster, drift, secrets, verify
+from provisioner.cli import backup as backup_cli
 from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.errors import MachineError, SpecError
 from provisioner.events import EventBus
@@ -82,6 +83,8 @@ app.command("reset")(cluster.reset)
 app.command("replace-master")(cluster.replace_master)
 app.command("verify")(verify.verify)
 app.command("drift")(drift.drift)
+app.command("backup")(backup_cli.backup)
+app.command("restore")(backup_cli.restore)
 app.command("kubeconfig")(access.kubeconfig)
 app.command(
     "kubectl",

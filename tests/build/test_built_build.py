@@ -49,6 +49,7 @@ def _expected_versions(version: str) -> dict[str, tuple[list[str], str]]:
         "kubectl": (["version", "--client"], f"Client Version: {version}"),
         "etcd": (["--version"], f"etcd Version: {pins.etcd.lstrip('v')}"),
         "etcdctl": (["version"], f"etcdctl version: {pins.etcd.lstrip('v')}"),
+        "etcdutl": (["version"], f"etcdutl version: {pins.etcd.lstrip('v')}"),
         "containerd": (["--version"], f"containerd github.com/containerd/containerd/v2 {pins.containerd}"),
         "containerd-shim-runc-v2": (["-v"], f"Version:  {pins.containerd}"),
         "ctr": (["--version"], f"ctr github.com/containerd/containerd/v2 {pins.containerd}"),

@@ -71,6 +71,20 @@ def test_etcd_siblings_share_the_tag_and_forbidden_guards_are_dropped() -> None:
     assert "go 1.26.0\n" in text  # the highest go directive among the upstream modules wins
 
 
+def test_a_sibling_the_wrapper_requires_at_the_same_tag_is_not_replaced() -> None:
+    """etcdutl's go.mod replaces the server with ../server; the wrapper requires that server at the tag."""
+    etcdutl = gowrap.parse("module go.etcd.io/etcd/etcdutl/v3\n\nreplace go.etcd.io/etcd/server/v3 => ../server\n")
+    text = gowrap.render(
+        "provisioner.local/etcd",
+        {"go.etcd.io/etcd/server/v3": "v3.6.16", "go.etcd.io/etcd/etcdutl/v3": "v3.6.16"},
+        [gowrap.parse(ETCD_GOMOD), etcdutl],
+        gowrap.same_version("v3.6.16"),
+    )
+    assert "go.etcd.io/etcd/server/v3 =>" not in text
+    assert "\tgo.etcd.io/etcd/server/v3 v3.6.16\n" in text
+    assert "go.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 v3.6.16" in text
+
+
 def test_binary_names_follow_go_build() -> None:
     from provisioner.artifacts.build import default_binary_name
 
