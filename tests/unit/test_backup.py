@@ -156,7 +156,7 @@ def test_restore_names_the_members_peer_urls_and_token_the_etcd_unit_uses(tmp_pa
     assert [m["peer_url"] for m in group_vars["etcd_members"]] == [m.peer_url for m in planned.members]
     unit = (paths.REPO_ROOT / "playbooks/roles/etcd/templates/etcd.service.j2").read_text()
     for flag in (
-        "--initial-cluster={{ etcd_initial_cluster }}",
+        "Environment=ETCD_INITIAL_CLUSTER={{ etcd_initial_cluster }}",
         "--initial-cluster-token={{ etcd_cluster_token }}",
         "--initial-advertise-peer-urls={{ etcd_member.peer_url }}",
         "--data-dir={{ etcd_data_dir }}",
