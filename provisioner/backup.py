@@ -88,6 +88,9 @@ RECORD_FILE = "restore-under-way.json"
 ETCD = layout.unit("etcd").name
 APISERVER = layout.unit("kube-apiserver").name
 CONTROLLERS = (layout.unit("kube-controller-manager").name, layout.unit("kube-scheduler").name)
+# Stopped together, in one systemd transaction: the controllers want the apiserver (Wants=), so one of them
+# restarting by itself (Restart=always) while the apiserver stops alone would cancel that stop and start it.
+CONTROL_PLANE = (*CONTROLLERS, APISERVER)
 WORKER_UNITS = (layout.unit("kubelet").name, layout.unit("kube-proxy").name)
 
 
@@ -737,8 +740,8 @@ def restore(
     def step(name: str, detail: str) -> _Step:
         return _Step(bus, result, name, detail)
 
-    with step("stop", "kube-apiserver, then controller-manager and scheduler, then etcd, on every master") as phase:
-        for units in ((APISERVER,), CONTROLLERS, (ETCD,)):
+    with step("stop", "controller-manager, scheduler and kube-apiserver, then etcd, on every master") as phase:
+        for units in (CONTROL_PLANE, (ETCD,)):
             for master in p.masters:
                 remote.run(master, systemctl_script("stop", units), timeout=180)
                 phase.progress(f"stopped {', '.join(units)}", host=master)

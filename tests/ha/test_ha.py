@@ -12,7 +12,7 @@ import time
 import pytest
 from halab import HaLab
 
-from provisioner import endpoints, forwarder, layout, lifecycle, replace
+from provisioner import artifacts, backup, endpoints, forwarder, layout, lifecycle, replace
 from provisioner.events import EventBus
 from provisioner.providers import for_cluster
 from provisioner.verify import ha, run
@@ -69,6 +69,38 @@ def test_master_loss_fails_when_the_admin_machine_can_reach_only_the_lost_master
     row = report.results[0]
     print(f"\nbroken by hand: {row.result} {row.detail}")
     assert row.result == FAILED and "the admin machine went" in row.detail
+
+
+def test_a_restore_brings_back_what_the_backup_holds_and_the_cluster_passes_verify(ha_lab: HaLab) -> None:
+    kubectl = ha_lab.admin()
+    kubectl.run("create", "namespace", "deleted-after-backup")
+    bus = EventBus()
+    remote = backup.LiveCluster(ha_lab.cluster, ha_lab.state, bus)
+    etcdutl = artifacts.artifact_set(ha_lab.cluster).bin / "etcdutl"
+    masters = [m.name for m in ha_lab.cluster.masters]
+    taken = backup.take(ha_lab.cluster.name, masters, remote, ha_lab.state.backups_dir, etcdutl, bus)
+    assert [b.name for b in backup.list_backups(ha_lab.state.backups_dir) if b.checksum == "ok"][-1] == (
+        taken.sidecar.name
+    )
+    kubectl.run("create", "namespace", "made-after-backup")
+    kubectl.run("delete", "namespace", "deleted-after-backup", "--wait=true", timeout=300)
+    started = time.monotonic()
+    checked = backup.validate(taken.sidecar.name, ha_lab.cluster.name, ha_lab.state.backups_dir, etcdutl)
+    planned = backup.plan(checked, ha_lab.cluster, ha_lab.state.backups_dir)
+    backup.preflight(planned, remote)
+    result = backup.restore(planned, remote, bus, ha_lab.state.backups_dir)
+    restored = time.monotonic() - started
+    print(
+        f"\nrestore of {taken.sidecar.name} on {len(masters)} masters: {restored:.0f}s; "
+        + ", ".join(f"{s.name} {s.seconds:.0f}s" for s in result.steps)
+    )
+    names = {i["metadata"]["name"] for i in kubectl.json("get", "namespaces")["items"]}
+    assert "deleted-after-backup" in names and "made-after-backup" not in names
+    report = run(ha_lab.cluster, ha_lab.state, EventBus(), ["hosts", "cluster", "security"])
+    for r in report.results:
+        print(f"{r.seconds:8.1f}s  {r.result:<7} {r.check}: {r.detail}")
+    assert report.ok, "\n".join(f"{r.check}: {r.detail}" for r in report.failed)
+    kubectl.run("delete", "namespace", "deleted-after-backup", "--wait=false")
 
 
 def test_a_destroyed_master_is_replaced_and_nothing_is_lost(ha_lab: HaLab) -> None:

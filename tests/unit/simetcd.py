@@ -179,12 +179,16 @@ class EtcdSim:
     def _unit_sets(self, node: str) -> list[tuple[str, ...]]:
         if node in self.workers:
             return [tuple(backup.WORKER_UNITS)]
-        return [(backup.ETCD,), (backup.APISERVER,), tuple(backup.CONTROLLERS)]
+        return [(backup.ETCD,), (backup.APISERVER,), tuple(backup.CONTROLLERS), tuple(backup.CONTROL_PLANE)]
 
     def _systemctl(self, node: str, verb: str, units: Sequence[str], no_block: bool) -> None:
         for unit in units:
             self.changes.append((node, f"{verb} {unit}"))
             if verb == "stop":
+                left = [c for c in backup.CONTROLLERS if c in self.active[node] and c not in units]
+                if unit == backup.APISERVER and left:
+                    # their own restart (Restart=always, Wants=kube-apiserver) cancels this stop
+                    self.problems.append(f"kube-apiserver stopped alone on {node} while {left} run there")
                 if unit == backup.ETCD:
                     running = [m for m in self.masters if backup.APISERVER in self.active[m]]
                     if running:

@@ -241,8 +241,7 @@ def test_three_masters_stop_restore_and_start_in_the_documented_order(tmp_path: 
     m, w = planned.masters, planned.workers
     cm, sched = backup.CONTROLLERS
     expected = [
-        *[(x, "stop kube-apiserver") for x in m],
-        *[a for x in m for a in ((x, f"stop {cm}"), (x, f"stop {sched}"))],
+        *[a for x in m for a in ((x, f"stop {cm}"), (x, f"stop {sched}"), (x, "stop kube-apiserver"))],
         *[(x, "stop etcd") for x in m],
         *[a for x in m for a in ((x, "move aside"), (x, "restore"))],
         *[(x, "start etcd") for x in m],
@@ -274,14 +273,19 @@ def test_one_master_is_restored_the_same_way(tmp_path: Path) -> None:
 
 
 def test_the_simulation_catches_a_wrong_order(tmp_path: Path) -> None:
-    """The controls: etcd stopped first, or started blocking on a member of three, is what sim records or refuses."""
+    """The controls: etcd stopped first, the apiserver stopped alone under its controllers (whose restart
+    cancelled that stop on the HA lab), or etcd started blocking on a member of three, is what sim records
+    or refuses."""
     planned, sim, _ = _setup(tmp_path)
     first = planned.masters[0]
     sim.run(first, backup.systemctl_script("stop", (backup.ETCD,)))
     assert any("while the kube-apiserver runs" in p for p in sim.problems)
+    planned, sim, _ = _setup(tmp_path / "alone")
+    sim.run(first, backup.systemctl_script("stop", (backup.APISERVER,)))
+    assert any("kube-apiserver stopped alone" in p for p in sim.problems)
     planned, sim, _ = _setup(tmp_path / "again")
     for master in planned.masters:
-        for units in ((backup.APISERVER,), backup.CONTROLLERS, (backup.ETCD,)):
+        for units in (backup.CONTROL_PLANE, (backup.ETCD,)):
             sim.run(master, backup.systemctl_script("stop", units))
     with pytest.raises(Exception, match="timeout was exceeded"):
         sim.run(first, backup.systemctl_script("start", (backup.ETCD,)))
