@@ -100,7 +100,7 @@ PORTS = {
 }
 
 # etcdctl on the master as the apiserver reaches etcd (verify's probes, the key rotation's checks).
-ETCDCTL = f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:{PORTS['etcd_client']} {ETCDCTL_TLS}"
+ETCDCTL = f"etcdctl --endpoints=https://127.0.0.1:{PORTS['etcd_client']} {ETCDCTL_TLS}"
 
 # `provisioner restore` (provisioner/backup.py) on a master: etcdutl writes the restored member beside the data
 # dir, which takes its place only once complete; the data dir it replaces is kept under a name of its own
