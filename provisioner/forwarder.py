@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import yaml
@@ -39,7 +40,7 @@ from provisioner.state import State
 
 LOOPBACK = "127.0.0.1"
 START_SECONDS = 10  # how long a new forwarder gets to accept connections
-ROLE = "apiserver_lb"  # the workers' balancer, whose template and defaults this one renders
+ROLE_DIR = REPO_ROOT / "playbooks" / "roles" / "apiserver_lb"  # the workers' balancer: its template, its defaults
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,13 @@ class Forwarder:
 
 def config(port: int, targets: Sequence[str], namespace: str | None) -> str:
     """The haproxy configuration: the apiserver_lb role's template, bound to the host's loopback."""
-    role = REPO_ROOT / "playbooks" / "roles" / ROLE
-    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    defaults = _role_defaults()
     names = [f"apiserver-{i + 1}" for i in range(len(targets))]
     hosts, ports = zip(*(t.rsplit(":", 1) for t in targets), strict=True)
     if len(set(ports)) != 1:
         raise ValueError(f"the apiservers listen on one port, not {sorted(set(ports))}")
     env = jinja2.Environment(trim_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    template = env.from_string((role / "templates" / "apiserver-lb.cfg.j2").read_text())
+    template = env.from_string((ROLE_DIR / "templates" / "apiserver-lb.cfg.j2").read_text())
     return template.render(
         {
             **defaults,
@@ -154,8 +154,14 @@ def stop(state: State) -> bool:
 # --- internals -------------------------------------------------------------------------------------
 
 
+def haproxy() -> str | None:
+    """Debian's haproxy: on PATH, else where the role installs it from (/usr/sbin is not on every PATH)."""
+    program = str(_role_defaults()["apiserver_lb_program"])
+    return shutil.which("haproxy") or (program if Path(program).is_file() else None)
+
+
 def _haproxy() -> str:
-    path = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
+    path = haproxy()
     if path is None:
         raise ToolMissing(
             "haproxy",
@@ -163,6 +169,11 @@ def _haproxy() -> str:
             "apt-get install haproxy",
         )
     return path
+
+
+def _role_defaults() -> dict[str, Any]:
+    defaults: dict[str, Any] = yaml.safe_load((ROLE_DIR / "defaults" / "main.yml").read_text())
+    return defaults
 
 
 def _config_file(state: State) -> Path:

@@ -14,7 +14,7 @@ from rich.table import Table
 from provisioner import hosts, providers, scaling, spec
 from provisioner.cli import access, artifacts, box, cluster, drift, secrets, verify
 from provisioner.cli import backup as backup_cli
-from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
+from provisioner.cli.render import SpecOption, cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.errors import MachineError, SpecError
 from provisioner.events import EventBus
 from provisioner.state import State
@@ -43,12 +43,6 @@ def main_options(
     ] = False,
 ) -> None:
     """One YAML cluster spec to a verified Kubernetes cluster on Vagrant VMs or bare-metal hosts."""
-
-
-SpecOption = Annotated[
-    Path | None,
-    typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
-]
 
 
 def load_spec(path: Path | None) -> spec.Cluster:

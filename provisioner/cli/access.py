@@ -11,15 +11,10 @@ import typer
 
 from provisioner import providers, spec
 from provisioner.artifacts import artifact_set
-from provisioner.cli.render import fail_cleanly, out, spec_path
+from provisioner.cli.render import SpecOption, fail_cleanly, out, spec_path
 from provisioner.errors import ProvisionerError
 from provisioner.events import EventBus
 from provisioner.state import State
-
-SpecOption = Annotated[
-    Path | None,
-    typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
-]
 
 
 def _not_up(cluster: spec.Cluster, path: Path) -> ProvisionerError:

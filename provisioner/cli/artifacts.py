@@ -11,7 +11,7 @@ from provisioner import artifacts, spec
 from provisioner.artifacts import build as build_mod
 from provisioner.artifacts import fetch as fetch_mod
 from provisioner.artifacts import mirror as mirror_mod
-from provisioner.cli.render import cli_bus, fail_cleanly, out, spec_path
+from provisioner.cli.render import SpecOption, cli_bus, fail_cleanly, out, spec_path
 from provisioner.errors import ArtifactError
 
 app = typer.Typer(
@@ -19,10 +19,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-SpecOption = Annotated[
-    Path | None,
-    typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
-]
 CacheOption = Annotated[
     Path | None,
     typer.Option(

@@ -12,14 +12,9 @@ from rich.table import Table
 from provisioner import backup as core
 from provisioner import spec
 from provisioner.artifacts import artifact_set
-from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
+from provisioner.cli.render import SpecOption, YesOption, cli_bus, console, fail_cleanly, out, spec_path, steps_table
 from provisioner.errors import ProvisionerError
 from provisioner.state import State
-
-SpecOption = Annotated[
-    Path | None,
-    typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
-]
 
 
 def backup(
@@ -75,7 +70,7 @@ def _print_list(cluster: str, backups: Path) -> None:
 def restore(
     snapshot: Annotated[str, typer.Argument(help="A backup's name from `provisioner backup --list`, or a file.")],
     spec_file: SpecOption = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOption = False,
 ) -> None:
     """Put the cluster back to a backup: stop the control plane, restore every etcd member, start it again.
 
@@ -101,12 +96,7 @@ def restore(
         if not yes and not typer.confirm(planned.question()):
             raise typer.Exit(1)
         result = core.restore(planned, remote, bus, state.backups_dir)
-    table = Table(title=f"cluster {cluster.name}: etcd restored from {result.snapshot}", title_justify="left")
-    table.add_column("step")
-    table.add_column("seconds", justify="right")
-    for step in result.steps:
-        table.add_row(step.name, f"{step.seconds:.1f}")
-    console.print(table)
+    console.print(steps_table(f"cluster {cluster.name}: etcd restored from {result.snapshot}", result.steps))
     for master, where in sorted(result.set_aside.items()):
         out.print(f"{master}: the data dir from before is kept in {where}", markup=False)
     for master in result.kept:

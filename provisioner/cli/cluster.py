@@ -5,20 +5,15 @@ The lead registers them on the top-level app: `app.command("up")(cluster.up)`, s
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from provisioner import admin, lifecycle, replace, spec
-from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
+from provisioner.cli.render import SpecOption, YesOption, cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.state import State
 
-SpecOption = Annotated[
-    Path | None,
-    typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
-]
 MergeOption = Annotated[
     bool,
     typer.Option(
@@ -77,7 +72,7 @@ def up(
 
 def destroy(
     spec_file: SpecOption = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOption = False,
 ) -> None:
     """Remove the machines, the cluster's PKI and kubeconfigs and its context in yours; caches and logs stay."""
     bus, renderer = cli_bus()
@@ -92,7 +87,7 @@ def destroy(
 
 def reset(
     spec_file: SpecOption = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOption = False,
 ) -> None:
     """Remove from every node what `up` installed; the machines and the cluster's PKI stay."""
     bus, renderer = cli_bus()
@@ -110,7 +105,7 @@ def reset(
 def replace_master(
     name: Annotated[str, typer.Argument(help="The master to replace (its machine is destroyed and made anew).")],
     spec_file: SpecOption = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOption = False,
 ) -> None:
     """Replace a lost master: its etcd member removed, a new machine with fresh certificates joined."""
     bus, renderer = cli_bus()

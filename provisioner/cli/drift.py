@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from provisioner import artifacts, spec
-from provisioner.cli.render import console, out, spec_path
+from provisioner.cli.render import SpecOption, console, out, spec_path
 from provisioner.drift import drift as find_drift
 from provisioner.drift import load_manifests
 from provisioner.errors import ProvisionerError, ToolMissing
@@ -28,10 +28,7 @@ app = typer.Typer(
 @app.callback(invoke_without_command=True)
 def drift(
     manifests: Annotated[Path, typer.Option("--manifests", help="Folder of YAML manifests (searched recursively).")],
-    spec_file: Annotated[
-        Path | None,
-        typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
-    ] = None,
+    spec_file: SpecOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the differences as JSON.")] = False,
 ) -> None:
     """Exit 0 when every object matches its file, 1 when anything drifted or is missing, 2 on an error."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Annotated, Protocol
 
 import typer
 from rich.console import Console
@@ -30,6 +31,31 @@ from provisioner.events import (
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
+
+
+# The options most verbs share.
+SpecOption = Annotated[
+    Path | None,
+    typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
+]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+class TimedStep(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def seconds(self) -> float: ...
+
+
+def steps_table(title: str, steps: Sequence[TimedStep]) -> Table:
+    """A day-2 command's steps with their durations (the summary that ends a restore or a key rotation)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for step in steps:
+        table.add_row(step.name, f"{step.seconds:.1f}")
+    return table
 
 
 def spec_path(option: Path | None) -> Path:

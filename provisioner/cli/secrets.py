@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
 import typer
-from rich.table import Table
 
 from provisioner import encryption, spec
-from provisioner.cli.render import cli_bus, console, fail_cleanly, out, spec_path
+from provisioner.cli.render import SpecOption, YesOption, cli_bus, console, fail_cleanly, out, spec_path, steps_table
 from provisioner.state import State
 
 app = typer.Typer(
@@ -21,11 +17,8 @@ app = typer.Typer(
 
 @app.command("rotate-key")
 def rotate_key(
-    spec_file: Annotated[
-        Path | None,
-        typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
-    ] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    spec_file: SpecOption = None,
+    yes: YesOption = False,
 ) -> None:
     """Encrypt every Secret with a new key and remove the old one (Kubernetes' "Rotating a decryption key").
 
@@ -42,12 +35,7 @@ def rotate_key(
         if not yes and not typer.confirm(planned.question(cluster.name)):
             raise typer.Exit(1)
         result = encryption.rotate(planned, state.pki_dir, remote, bus)
-    table = Table(title=f"cluster {cluster.name}: Secret encryption key rotated", title_justify="left")
-    table.add_column("step")
-    table.add_column("seconds", justify="right")
-    for step in result.steps:
-        table.add_row(step.name, f"{step.seconds:.1f}")
-    console.print(table)
+    console.print(steps_table(f"cluster {cluster.name}: Secret encryption key rotated", result.steps))
     resumed = " (resumed)" if result.resumed else ""
     out.print(
         f"{result.old} -> {result.new}{resumed}: {result.rewritten} Secret(s) written again with {result.new}; "

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from provisioner import spec
-from provisioner.cli.render import cli_bus, fail_cleanly, out, spec_path
+from provisioner.cli.render import SpecOption, cli_bus, fail_cleanly, out, spec_path
 from provisioner.errors import VerifyError
 from provisioner.state import State
 from provisioner.verify import check_ids, run
@@ -37,10 +37,7 @@ def table(report: VerifyReport) -> Table:
 
 @app.callback(invoke_without_command=True)
 def verify(
-    spec_file: Annotated[
-        Path | None,
-        typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
-    ] = None,
+    spec_file: SpecOption = None,
     only: Annotated[
         list[str] | None,
         typer.Option(

@@ -15,8 +15,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from provisioner import layout
 from provisioner.errors import ProvisionerError
@@ -59,10 +58,9 @@ def _require_ha(lab: Lab) -> Provider:
     return lab.provider
 
 
-@contextmanager
-def _through_admin(lab: Lab) -> Iterator[Lab]:
+def _as_admin(lab: Lab) -> Lab:
     """The lab as the user's shell sees it: every API call through the admin machine's kubeconfig."""
-    yield dataclasses.replace(lab, kubectl=lab.admin or lab.kubectl)
+    return dataclasses.replace(lab, kubectl=lab.admin or lab.kubectl)
 
 
 # --- what the control plane reports ------------------------------------------------------------------
@@ -221,7 +219,8 @@ def _api_client(lab: Lab, ns: str) -> str:
 def check_master_loss(lab: Lab) -> str:
     provider = _require_ha(lab)
     inside = lab  # direct questions to one master go from inside the lab
-    with _through_admin(lab) as lab, scratch_namespace(lab, "master-loss") as ns:
+    lab = _as_admin(lab)
+    with scratch_namespace(lab, "master-loss") as ns:
         by_name = {m.name: m for m in lab.cluster.masters}
         before = lease_holders(lab)
         # The controller-manager's leader: its leadership must move, and its etcd member may be the leader.
@@ -280,7 +279,8 @@ def check_master_loss(lab: Lab) -> str:
 def check_etcd_quorum(lab: Lab) -> str:
     provider = _require_ha(lab)
     inside = lab
-    with _through_admin(lab) as lab, scratch_namespace(lab, "quorum") as ns:
+    lab = _as_admin(lab)
+    with scratch_namespace(lab, "quorum") as ns:
         # A majority down (two of three): the first master stays, the ones after it go.
         keeper, lost = lab.cluster.masters[0], lab.cluster.masters[1 : len(lab.cluster.masters) // 2 + 2]
         wait_etcd(inside, keeper, len(lab.cluster.masters), 120)

@@ -201,7 +201,7 @@ def _through(port: int, line: bytes) -> bytes:
         return sock.makefile("rb").readline()
 
 
-NO_HAPROXY = shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists()
+NO_HAPROXY = forwarder.haproxy() is None
 
 
 def _listens_on(port: int) -> set[str]:
