@@ -3,6 +3,8 @@ changed file or a key made readable to others is put right again; no key's conte
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import stat
@@ -137,3 +139,54 @@ def test_a_key_that_cannot_be_installed_is_named_and_not_shown(tmp_path: Path) -
     assert "missing/node.key: Destination directory" in str(failed.value)
     state = State(tmp_path / "state")
     assert _files_holding(state, key.splitlines()[1]) == []
+
+
+DIGEST_PLAYBOOK = """
+- name: "PKI: local"
+  hosts: all
+  gather_facts: false
+  roles:
+    - role: certs
+      vars:
+        certs_files:
+          - { src: ca.crt, dest: pki/ca.crt, restarts: [kubelet, kube-proxy] }
+          - { src: node.key, dest: pki/node.key, secret: true, restarts: [kubelet] }
+          - { src: kubeconfigs/node.kubeconfig, dest: node.kubeconfig, secret: true }
+  post_tasks:
+    - name: What the unit templates would name
+      ansible.builtin.copy:
+        content: "{{ certs_digests | to_json }}"
+        dest: "{{ digests_out }}"
+        mode: "0644"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the role installs files owned by root")
+def test_a_new_file_changes_the_digest_of_exactly_the_services_that_read_it(tmp_path: Path) -> None:
+    """The digests the units name (certs_digests): one per service in `restarts`, over exactly its files."""
+    pki, node, out = tmp_path / "pki", tmp_path / "node", tmp_path / "digests.json"
+    (pki / "kubeconfigs").mkdir(parents=True)
+    (pki / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n")
+    (pki / "node.key").write_text(_key())
+    (pki / "kubeconfigs" / "node.kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
+    (node / "pki").mkdir(parents=True)
+    host = {"pki_dir": str(pki), "certs_dir": str(node), "digests_out": str(out)}
+    state = localnode.local_state(tmp_path / "state", localnode.one_host("node", **host), DIGEST_PLAYBOOK)
+
+    def digests() -> dict[str, str]:
+        runner.run_playbook(state, EventBus(), playbook=state.root / "site.yml", strategy_name="linear")
+        return json.loads(out.read_text())
+
+    first = digests()
+    assert sorted(first) == ["kube-proxy", "kubelet"]
+    assert first["kube-proxy"] == hashlib.sha256((pki / "ca.crt").read_bytes()).hexdigest()
+    assert first["kubelet"] != first["kube-proxy"]
+    assert digests() == first  # nothing new: every unit stays as it is
+
+    (pki / "node.key").write_text(_key())  # read by the kubelet only
+    second = digests()
+    assert second["kubelet"] != first["kubelet"]
+    assert second["kube-proxy"] == first["kube-proxy"]
+
+    (pki / "kubeconfigs" / "node.kubeconfig").write_text("apiVersion: v1\nkind: Config\nchanged: yes\n")
+    assert digests() == second  # read by no service named here

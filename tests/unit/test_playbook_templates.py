@@ -25,7 +25,7 @@ import localnode
 import pytest
 import yaml
 
-from provisioner import inventory, layout, paths, runner, spec
+from provisioner import inventory, layout, paths, pki, runner, spec
 from provisioner.artifacts import image_names
 from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
@@ -68,6 +68,16 @@ def _render_playbook(roles: Path, out: Path) -> list[dict[str, Any]]:
         tasks = []
         for entry in play["roles"]:
             role = entry["role"]
+            if role == "certs":
+                # The real role's digests of what each service reads, which the unit templates name.
+                tasks.append(
+                    {
+                        "name": f"Digests of {play['name']}",
+                        "ansible.builtin.include_role": {"name": str(ROLES / "certs"), "tasks_from": "digests"},
+                        "vars": entry.get("vars", {}),
+                    }
+                )
+                continue
             templates = sorted(p.name for p in (ROLES / role / "templates").glob("*.j2"))
             if not templates:
                 continue
@@ -107,6 +117,7 @@ def _render(cluster: spec.Cluster, tmp: Path) -> Path:
     out, roles = tmp / "out", tmp / "roles"
     state = localnode.local_state(tmp / "state", inventory.inventory(cluster, hosts))
     state.group_vars_file.write_text(yaml.safe_dump(inventory.group_vars(cluster, state, tmp / "artifacts")))
+    pki.ensure(cluster, state)
     playbook = tmp / "render.yml"
     playbook.write_text(yaml.safe_dump(_render_playbook(roles, out), sort_keys=False))
     # The strategy `up` uses (mitogen when installed): a third of linear's time for these 33 files.
