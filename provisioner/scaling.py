@@ -5,6 +5,12 @@ only on them (`--limit`); per-host changed counts show the existing nodes were l
 Shrinking: each removed worker is cordoned and drained (its pods are rescheduled), deleted from the
 cluster, and its machine destroyed; only then is it taken out of the spec file, so a failure part-way
 leaves the spec describing what still exists and a re-run continues.
+
+`scale --masters 3` (or 5) grows the control plane: the spec file gets the new masters, and `up` runs on the
+whole cluster, since every node changes: the existing etcd member moves from loopback to its node address
+and takes the new members in one at a time (playbooks/roles/etcd), every apiserver gets the new etcd
+members and a certificate naming the new masters, and the workers reach all apiservers through their
+loopback balancer (playbooks/roles/apiserver_lb) instead of the first master. The data stays where it is.
 """
 
 from __future__ import annotations
@@ -28,9 +34,47 @@ class ScaleResult:
     changed_per_host: dict[str, int] = field(default_factory=dict)
 
 
-def scale(path: Path, workers: int, bus: EventBus, *, strategy: str | None = None) -> ScaleResult:
+def scale(
+    path: Path, workers: int | None, bus: EventBus, *, masters: int | None = None, strategy: str | None = None
+) -> ScaleResult:
     cluster = spec.load(path)
     state = State.for_cluster(cluster.name)
+    if masters is not None:
+        spec_edit.plan_masters(cluster, masters)  # refused before anything changes
+    if workers is not None:
+        spec_edit.plan_workers(cluster, workers)
+    result = ScaleResult(spec_edit.ScalePlan())
+    if masters is not None:
+        result = grow_masters(path, state, bus, masters, strategy=strategy)
+    if workers is not None:
+        grown = scale_workers(path, state, bus, workers, strategy=strategy)
+        result = ScaleResult(
+            spec_edit.ScalePlan(result.plan.added + grown.plan.added, grown.plan.removed),
+            {**result.changed_per_host, **grown.changed_per_host},
+        )
+    return result
+
+
+def grow_masters(path: Path, state: State, bus: EventBus, masters: int, *, strategy: str | None = None) -> ScaleResult:
+    """New masters written into the spec file, then `up` on every node (see the module's doc)."""
+    cluster = spec.load(path)
+    if not state.hosts_file.is_file():
+        raise MachineError(
+            f"cluster {cluster.name}",
+            "has not been brought up yet, so there is no control plane to grow",
+            "bring it up first (`provisioner up`), or write the masters into the spec and run `up`",
+        )
+    plan = spec_edit.set_master_count(path, masters)
+    result = ScaleResult(plan)
+    # Also when the spec already had them (a re-run after a failure part-way): `up` converges what is left.
+    if plan.added or len(spec.load(path).masters) > 1:
+        up = lifecycle.up(spec.load(path), state, bus, strategy=strategy)
+        result.changed_per_host = {name: stats.changed for name, stats in up.run.hosts.items()}
+    return result
+
+
+def scale_workers(path: Path, state: State, bus: EventBus, workers: int, *, strategy: str | None = None) -> ScaleResult:
+    cluster = spec.load(path)
     to_add, to_remove = spec_edit.plan_workers(cluster, workers)
     if to_remove:
         _remove_workers(cluster, state, bus, to_remove)

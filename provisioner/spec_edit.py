@@ -42,43 +42,92 @@ def plan_workers(cluster: spec.Cluster, count: int) -> tuple[list[dict[str, Any]
     workers = cluster.workers
     if count <= len(workers):
         return [], [n.name for n in reversed(workers[count:])]
+    _refuse_static(cluster, "--workers")
+    return _new_nodes(cluster, "worker", count - len(workers), first_index=1, after=None), []
+
+
+def plan_masters(cluster: spec.Cluster, count: int) -> list[dict[str, Any]]:
+    """New master entries to reach `count` (the control plane grows; it never shrinks this way)."""
+    masters = cluster.masters
+    if count not in spec.SUPPORTED_MASTER_COUNTS:
+        allowed = " or ".join(str(n) for n in spec.SUPPORTED_MASTER_COUNTS)
+        raise SpecError(
+            "--masters",
+            [f"--masters: {count} is not a supported master count; etcd needs an odd number of members: {allowed}"],
+        )
+    if count < len(masters):
+        raise SpecError(
+            "--masters",
+            [
+                f"--masters: {count} is fewer than the {len(masters)} masters the cluster has; the control plane "
+                "grows but is not shrunk by scale (each master holds an etcd member); a lost master is replaced "
+                "with `provisioner replace-master NAME`"
+            ],
+        )
+    if count == len(masters):
+        return []
+    _refuse_static(cluster, "--masters")
+    # Next to the masters there are: the first free addresses after the last one (the HA lab's layout).
+    return _new_nodes(cluster, "master", count - len(masters), first_index=2, after=masters[-1])
+
+
+def _refuse_static(cluster: spec.Cluster, option: str) -> None:
     if isinstance(cluster.spec.provider, spec.StaticProvider):
         raise SpecError(
-            "--workers",
+            option,
             [
-                "--workers: the static provider cannot invent hosts; add the new hosts to spec.nodes "
+                f"{option}: the static provider cannot invent hosts; add the new hosts to spec.nodes "
                 "in the spec file, then run `provisioner up`"
             ],
         )
+
+
+def _new_nodes(
+    cluster: spec.Cluster, role: str, how_many: int, *, first_index: int, after: spec.Node | None
+) -> list[dict[str, Any]]:
+    """Entries for `how_many` new nodes of `role`: the next free names ROLE-N and addresses, and the sizes of
+    the last node of that role. Addresses come after `after` when given, else after every node's."""
     net = cluster.spec.network
     used_names = {n.name for n in cluster.spec.nodes}
     used_addresses = {n.address for n in cluster.spec.nodes}
-    template = workers[-1]
-    highest = max(int(a) for a in used_addresses if a is not None)
-    candidates = (a for a in net.node_subnet.hosts() if int(a) > highest and a not in used_addresses)
+    template = [n for n in cluster.spec.nodes if n.role == role][-1]
+    start = (
+        int(after.address)
+        if after is not None and after.address is not None
+        else max(int(a) for a in used_addresses if a is not None)
+    )
+    candidates = (a for a in net.node_subnet.hosts() if int(a) > start and a not in used_addresses)
     added: list[dict[str, Any]] = []
-    index = 1
-    for _ in range(count - len(workers)):
-        while f"worker-{index}" in used_names:
+    index = first_index
+    for _ in range(how_many):
+        while f"{role}-{index}" in used_names:
             index += 1
         address = next(candidates, None)
         if address is None:
             raise SpecError(
                 "spec.network.nodeSubnet",
-                [f"spec.network.nodeSubnet: {net.node_subnet} has no free address left for a new worker"],
+                [f"spec.network.nodeSubnet: {net.node_subnet} has no free address left for a new {role}"],
             )
-        name = f"worker-{index}"
+        name = f"{role}-{index}"
         used_names.add(name)
         added.append(
-            {"name": name, "role": "worker", "address": str(address), "cpus": template.cpus, "memory": template.memory}
+            {"name": name, "role": role, "address": str(address), "cpus": template.cpus, "memory": template.memory}
         )
-    return added, []
+    return added
 
 
 def set_worker_count(path: Path, count: int) -> ScalePlan:
     """Rewrite the spec file with `count` workers. Validates the result before writing it."""
-    cluster = spec.load(path)
-    to_add, to_remove = plan_workers(cluster, count)
+    to_add, to_remove = plan_workers(spec.load(path), count)
+    return _rewrite(path, to_add, to_remove)
+
+
+def set_master_count(path: Path, count: int) -> ScalePlan:
+    """Rewrite the spec file with `count` masters, the new ones listed after the last master."""
+    return _rewrite(path, plan_masters(spec.load(path), count), [])
+
+
+def _rewrite(path: Path, to_add: list[dict[str, Any]], to_remove: list[str]) -> ScalePlan:
     if not to_add and not to_remove:
         return ScalePlan()
     y = _yaml()
@@ -88,7 +137,9 @@ def set_worker_count(path: Path, count: int) -> ScalePlan:
         position = next(i for i, n in enumerate(nodes) if n["name"] == name)
         del nodes[position]
     for entry in to_add:
-        nodes.append(copy.deepcopy(entry))
+        # After the last node of its role, so masters stay listed together (and masters[0] stays first).
+        same = [i for i, n in enumerate(nodes) if n.get("role") == entry["role"]]
+        nodes.insert(same[-1] + 1 if same else len(nodes), copy.deepcopy(entry))
     buffer = io.StringIO()
     y.dump(doc, buffer)
     text = buffer.getvalue()

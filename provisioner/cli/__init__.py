@@ -15,7 +15,7 @@ from provisioner import hosts, providers, scaling, spec
 from provisioner.cli import access, artifacts, box, cluster, drift, secrets, verify
 from provisioner.cli import backup as backup_cli
 from provisioner.cli.render import SpecOption, cli_bus, console, fail_cleanly, out, spec_path
-from provisioner.errors import MachineError, SpecError
+from provisioner.errors import MachineError, ProvisionerError, SpecError
 from provisioner.events import EventBus
 from provisioner.state import State
 from provisioner.versions import SUPPORTED
@@ -131,21 +131,29 @@ def ssh(
 
 @app.command()
 def scale(
-    workers: Annotated[int, typer.Option("--workers", help="Desired number of workers.", min=1)],
+    workers: Annotated[int | None, typer.Option("--workers", help="Desired number of workers.", min=1)] = None,
+    masters: Annotated[
+        int | None, typer.Option("--masters", help="Desired number of masters: 3 or 5 (the control plane grows).")
+    ] = None,
     spec_file: SpecOption = None,
 ) -> None:
-    """Add or remove workers: writes the new worker list into the spec file, then converges.
+    """Add or remove workers, or grow the control plane: writes the new node list into the spec file, then
+    converges.
 
-    New workers get the next free names and addresses; only they are created and configured.
-    Removed workers (newest first) are cordoned, drained and deleted from the cluster, then destroyed.
+    New nodes get the next free names and addresses. New workers are the only nodes created and configured;
+    removed workers (newest first) are cordoned, drained and deleted from the cluster, then destroyed. New
+    masters join etcd one at a time, and every node is converged to the larger control plane.
     """
     bus, renderer = cli_bus()
     with fail_cleanly(renderer):
+        if workers is None and masters is None:
+            raise ProvisionerError("scale", "nothing to scale", "give --workers N, --masters N or both")
         path = spec_path(spec_file)
-        result = scaling.scale(path, workers, bus)
+        result = scaling.scale(path, workers, bus, masters=masters)
         renderer.summary()
         if result.plan.empty:
-            out.print(f"{path}: already {workers} worker(s); nothing to do")
+            wanted = [f"{n} {what}(s)" for n, what in ((masters, "master"), (workers, "worker")) if n is not None]
+            out.print(f"{path}: already {' and '.join(wanted)}; no node added or removed")
         for name in result.plan.added:
             out.print(f"added {name}")
         for name in result.plan.removed:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from provisioner import hosts, paths, scaling, spec, spec_edit
-from provisioner.errors import SpecError
+from provisioner.errors import MachineError, SpecError
 from provisioner.events import EventBus
 from provisioner.providers import for_cluster
 from provisioner.providers.vagrant import generate_ssh_key
@@ -90,3 +90,59 @@ def test_after_scale_down_the_generated_inventory_names_only_the_nodes_left(spec
 def _inventory_hosts(state: State) -> list[str]:
     groups = yaml.safe_load(state.inventory_file.read_text())["all"]["children"]["k8s_cluster"]["children"]
     return sorted(name for group in groups.values() for name in group["hosts"])
+
+
+def test_grown_masters_are_listed_after_the_last_master_with_the_next_addresses(spec_file: Path) -> None:
+    plan = spec_edit.set_master_count(spec_file, 3)
+    assert plan.added == ["master-2", "master-3"]
+    cluster = spec.load(spec_file)
+    assert [n.name for n in cluster.spec.nodes] == ["master", "master-2", "master-3", "worker-1", "worker-2"]
+    assert [str(n.address) for n in cluster.masters] == ["192.168.56.10", "192.168.56.13", "192.168.56.14"]
+    assert cluster.node("master-3").memory == cluster.node("master").memory
+    assert cluster.masters[0].name == "master"  # the addons' master and the admin's first target stay
+    assert "# The default lab" in spec_file.read_text()
+
+
+def test_a_one_master_ha_lab_grows_into_exactly_the_ha_lab(tmp_path: Path) -> None:
+    """The HA tier's premise: the HA spec without master-2 and master-3, grown to 3, is the HA spec."""
+    ha = paths.REPO_ROOT / "inventories" / "ha" / "cluster.yaml"
+    data = yaml.safe_load(ha.read_text())
+    data["spec"]["nodes"] = [n for n in data["spec"]["nodes"] if n["name"] not in ("master-2", "master-3")]
+    one = tmp_path / "cluster.yaml"
+    one.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert spec_edit.set_master_count(one, 3).added == ["master-2", "master-3"]
+    assert spec.load(one).spec.nodes == spec.load(ha).spec.nodes
+
+
+@pytest.mark.parametrize(
+    ("count", "said"),
+    [(2, "odd number of members: 1 or 3 or 5"), (7, "odd number"), (0, "odd number")],
+)
+def test_an_unsupported_master_count_is_refused_before_the_file_changes(spec_file: Path, count: int, said: str) -> None:
+    before = spec_file.read_text()
+    with pytest.raises(SpecError) as info:
+        spec_edit.set_master_count(spec_file, count)
+    assert info.value.problems[0].startswith(f"--masters: {count} ")
+    assert said in info.value.problems[0]
+    assert spec_file.read_text() == before
+
+
+def test_the_control_plane_is_not_shrunk_by_scale(spec_file: Path) -> None:
+    spec_edit.set_master_count(spec_file, 3)
+    before = spec_file.read_text()
+    with pytest.raises(SpecError) as info:
+        spec_edit.set_master_count(spec_file, 1)
+    assert "replace-master" in info.value.problems[0]
+    assert spec_file.read_text() == before
+    assert spec_edit.set_master_count(spec_file, 3).empty
+
+
+def test_growing_a_cluster_never_brought_up_is_refused_and_the_spec_kept(
+    spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROVISIONER_STATE", str(tmp_path / "state"))
+    before = spec_file.read_text()
+    with pytest.raises(MachineError) as info:
+        scaling.scale(spec_file, None, EventBus(), masters=3)
+    assert "has not been brought up yet" in info.value.message()
+    assert spec_file.read_text() == before
