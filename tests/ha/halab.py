@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from provisioner import artifacts, hosts
 from provisioner.kube import Kubectl
 from provisioner.lifecycle import UpResult
+from provisioner.scaling import ScaleResult
 from provisioner.spec import Cluster
 from provisioner.state import State
 from provisioner.verify.kube import Ssh
+
+
+@dataclass(frozen=True)
+class Grown:
+    """How the lab came to three masters when it was grown (PROVISIONER_HA_FROM=grow)."""
+
+    spec_file: Path  # the one-master spec, as `scale` rewrote it
+    single_seconds: float  # `up` of the one-master cluster from nothing
+    scale_seconds: float
+    scaled: ScaleResult
 
 
 @dataclass
 class HaLab:
     cluster: Cluster
     state: State
-    first_up: UpResult
+    first_up: UpResult  # with the HA spec: from nothing, or right after the grow
     created: bool
+    grown: Grown | None = None
 
     @property
     def prefix(self) -> list[str]:

@@ -12,7 +12,7 @@ import time
 import pytest
 from halab import HaLab
 
-from provisioner import artifacts, backup, endpoints, forwarder, layout, lifecycle, replace
+from provisioner import artifacts, backup, endpoints, forwarder, layout, lifecycle, replace, spec
 from provisioner.events import EventBus
 from provisioner.providers import for_cluster
 from provisioner.verify import ha, run
@@ -37,6 +37,34 @@ def test_three_masters_one_etcd_cluster_every_apiserver_and_one_leader_each(ha_l
     fwd = forwarder.running(ha_lab.state)
     assert fwd is not None and fwd.targets == tuple(f"{m.address}:{endpoints.APISERVER_PORT}" for m in masters)
     assert ha_lab.admin().run("get", "nodes").returncode == 0
+
+
+def test_a_control_plane_grown_from_one_master_kept_its_data_and_is_the_ha_lab(ha_lab: HaLab) -> None:
+    grown = ha_lab.grown
+    if grown is None:
+        pytest.skip("the lab came up with three masters; PROVISIONER_HA_FROM=grow (./run-tests --ha-grow) grows it")
+    per_host = grown.scaled.changed_per_host
+    print(
+        f"\none master up from nothing: {grown.single_seconds:.0f}s; scale --masters 3: {grown.scale_seconds:.0f}s, "
+        f"changed per host {per_host}; up with the HA spec after it: {ha_lab.first_up.changed} changed"
+    )
+    assert grown.scaled.plan.added == [m.name for m in ha_lab.cluster.masters[1:]]
+    assert spec.load(grown.spec_file).spec.nodes == ha_lab.cluster.spec.nodes
+    assert set(per_host) == {n.name for n in ha_lab.cluster.spec.nodes}  # every node had something to change
+    assert ha_lab.first_up.changed == 0, f"the HA spec's up after the grow changed {ha_lab.first_up.run.hosts}"
+    kept = ha_lab.admin().json("-n", "before-grow", "get", "configmap", "kept")
+    assert kept["data"] == {"made": "with-one-master"}
+    ssh = ha_lab.ssh()
+    first = ha_lab.cluster.masters[0]
+    listed = json.loads(ssh.text(first.name, f"{layout.ETCDCTL} member list -w json"))["members"]
+    assert {m["name"]: m["peerURLs"] for m in listed} == {
+        m.name: [f"https://{m.address}:{layout.PORTS['etcd_peer']}"] for m in ha_lab.cluster.masters
+    }
+    lb = layout.PORTS["apiserver_lb"]
+    for worker in ha_lab.cluster.workers:  # restarted onto the balancer, not left on the first master
+        found = ssh.text(worker.name, f"ss -tnpH state established dst 127.0.0.1:{lb}")
+        assert "kubelet" in found and "kube-proxy" in found, f"{worker.name}: {found}"
+    ha_lab.admin().run("delete", "namespace", "before-grow", "--wait=false")
 
 
 def test_up_again_changes_nothing(ha_lab: HaLab) -> None:
