@@ -8,6 +8,7 @@ from there or from here, so a path, a port or a binary is named once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 ROLES = ("master", "worker")
 
@@ -283,6 +284,11 @@ def group_vars() -> dict[str, object]:
             "units": [u.name for u in reversed(UNITS)],
             "files": sorted({a.target for a in ARTIFACTS if a.roles}),
             "paths": list(OWNED_PATHS),
+            # What a restore left beside the data dir: [directory, glob patterns of the entries].
+            "set_aside": [
+                str(PurePosixPath(DIRS.etcd_data).parent),
+                [PurePosixPath(ETCD_DATA_RESTORING).name, PurePosixPath(ETCD_DATA_ASIDE).name + "*"],
+            ],
             "users": list(SYSTEM_USERS),
         },
     }

@@ -3,12 +3,13 @@ verify probes it. Ansible resolves the role variables here for real, on this mac
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -89,6 +90,7 @@ def test_reset_removes_every_unit_and_file_site_yml_installs(tmp_path: Path) -> 
             "files": "reset_files",
             "paths": "reset_paths",
             "users": "reset_users",
+            "set_aside": "reset_set_aside",
             # what site.yml hands the node_files role on each group
             **{group: expr.strip("{} ") for group, expr in entries.items()},
         },
@@ -100,6 +102,12 @@ def test_reset_removes_every_unit_and_file_site_yml_installs(tmp_path: Path) -> 
     # every config file and directory the roles write outside those is under a path reset removes
     assert set(layout.OWNED_PATHS) <= set(resolved["paths"])
     assert resolved["users"] == list(layout.SYSTEM_USERS)
+    # and what a restore leaves beside the data dir: the dir it set aside, the one it did not finish
+    where, patterns = resolved["set_aside"]
+    for left in (layout.ETCD_DATA_ASIDE + "20261202T051408Z", layout.ETCD_DATA_RESTORING):
+        assert str(PurePosixPath(left).parent) == where
+        assert any(fnmatch.fnmatch(PurePosixPath(left).name, p) for p in patterns), left
+    assert not any(fnmatch.fnmatch(PurePosixPath(layout.DIRS.etcd_data).name, p) for p in patterns)
     # the master gets no container engine, the workers no control plane
     master = {Path(t).name for _, t, _ in resolved["masters"]}
     worker = {Path(t).name for _, t, _ in resolved["workers"]}
