@@ -136,3 +136,25 @@ def test_a_step_that_fails_exits_1_with_its_message(lab_state: Path, monkeypatch
     assert "error: rotation key1 -> key2: waited 0s for the apiserver on master to load the config" in result.output
     assert "it resumes at this step" in result.output
     assert encryption.record_path(lab_state).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ([], "nothing to scale"),
+        (["--masters", "2"], "--masters: 2 is not a supported master count"),
+        (["--masters", "3", "--workers", "0"], "--workers"),
+    ],
+)
+def test_scale_refuses_bad_counts_before_anything_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], said: str
+) -> None:
+    monkeypatch.setenv("PROVISIONER_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr(lifecycle, "up", lambda *a, **k: pytest.fail("up must not run"))
+    spec_file = tmp_path / "cluster.yaml"
+    spec_file.write_text(paths.default_spec().read_text())
+    before = spec_file.read_text()
+    result = CliRunner().invoke(cli.app, ["scale", "--spec", str(spec_file), *args])
+    assert result.exit_code != 0
+    assert said in result.output, result.output
+    assert spec_file.read_text() == before
