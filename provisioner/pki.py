@@ -29,13 +29,13 @@ from provisioner import encryption, endpoints
 from provisioner.errors import ProvisionerError
 from provisioner.files import write_atomic
 from provisioner.layout import ADMINS_GROUP, APISERVER_KUBELET_CLIENT, CLUSTER_DOMAIN, ETCD_PEER_CN
-from provisioner.spec import Cluster, Node
+from provisioner.spec import CA_VALIDITY, Cluster, Node, PkiSpec
 from provisioner.state import State
 
-CA_DAYS = 3650
-LEAF_DAYS = 365
-# A leaf with less than this left is re-issued on the next run instead of expiring under a cluster.
-RENEW_BEFORE = datetime.timedelta(days=30)
+# Leaves live spec.pki.leafValidity (default a year) and are re-issued by the first run with less than
+# spec.pki.renewBefore left (default 30 days) instead of expiring under a cluster. A leaf is never made
+# earlier than this before its issue, so a node whose clock is a little behind still accepts it.
+BACKDATE = datetime.timedelta(minutes=5)
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -185,7 +185,7 @@ def ensure(cluster: Cluster, state: State, now: datetime.datetime | None = None)
     cas = {stem: _ensure_ca(directory, stem, f"{cluster.name}-{stem}", now, result) for stem in CAS}
     for spec in cluster_certs(cluster):
         ca_key, ca_cert = cas[spec.ca]
-        _ensure_leaf(directory, spec, ca_key, ca_cert, now, result)
+        _ensure_leaf(directory, spec, ca_key, ca_cert, now, result, cluster.spec.pki)
     _ensure_service_account_keys(directory, result)
     # Secrets at rest in etcd: the encryption config is encryption.py's (it also rotates the key).
     (result.issued if encryption.ensure_config(directory) else result.reused).append("encryption-config")
@@ -265,8 +265,8 @@ def _ensure_ca(
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -291,7 +291,9 @@ def _ensure_ca(
     return key, cert
 
 
-def _leaf_is_current(path: Path, spec: CertSpec, ca_cert: x509.Certificate, now: datetime.datetime) -> bool:
+def _leaf_is_current(
+    path: Path, spec: CertSpec, ca_cert: x509.Certificate, now: datetime.datetime, lifetimes: PkiSpec
+) -> bool:
     key_path = path.with_suffix(".key")
     if not (path.exists() and key_path.exists()):
         return False
@@ -303,8 +305,10 @@ def _leaf_is_current(path: Path, spec: CertSpec, ca_cert: x509.Certificate, now:
         return False
     if cert.public_key() != key.public_key():
         return False
-    if cert.not_valid_after_utc - now < RENEW_BEFORE:
+    if cert.not_valid_after_utc - now < lifetimes.margin:
         return False
+    if cert.not_valid_after_utc - cert.not_valid_before_utc > lifetimes.leaf + BACKDATE + datetime.timedelta(minutes=1):
+        return False  # issued before the spec shortened the lifetime
     subject_cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     orgs = {a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)}
     if [a.value for a in subject_cn] != [spec.cn] or orgs != set(spec.orgs):
@@ -324,9 +328,10 @@ def _ensure_leaf(
     ca_cert: x509.Certificate,
     now: datetime.datetime,
     result: PkiResult,
+    lifetimes: PkiSpec,
 ) -> None:
     cert_path = directory / f"{spec.name}.crt"
-    if _leaf_is_current(cert_path, spec, ca_cert, now):
+    if _leaf_is_current(cert_path, spec, ca_cert, now, lifetimes):
         result.reused.append(spec.name)
         return
     key = _new_key()
@@ -343,8 +348,8 @@ def _ensure_leaf(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(min(now + datetime.timedelta(days=LEAF_DAYS), ca_cert.not_valid_after_utc))
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(min(now + lifetimes.leaf, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

@@ -58,11 +58,14 @@ PUBLIC_KEY = re.compile(
 MAX_KEY_BYTES = 64 * 1024  # a 16384-bit RSA key is 13 KiB
 # A login name ssh and the remote host accept; a leading '-' would reach ssh as an option (-oProxyCommand=...)
 SSH_USER_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$"
+# A certificate lifetime: a whole number of minutes, hours or days ("365d", "2h", "30m").
+DURATION_PATTERN = r"^[1-9][0-9]{0,5}[mhd]$"
 PATTERN_HELP = {  # what each pattern's error line says after the value
     NAME_PATTERN: "is not a valid name; use lowercase letters, digits and '-', "
     "starting and ending with a letter or digit (at most 63 characters)",
     SSH_USER_PATTERN: "is not a user name ssh can be given safely; use letters, digits, '.', '_' and '-', "
     "not starting with '-' or '.' (at most 32 characters)",
+    DURATION_PATTERN: "is not a duration; write a whole number and a unit: 30m, 2h or 365d",
 }
 SUBNET_EXAMPLES = {"nodeSubnet": "192.168.56.0/24", "podSubnet": "10.244.0.0/16", "serviceSubnet": "10.96.0.0/12"}
 # The apiserver's service takes the subnet's 1st address and cluster DNS its 10th (NetworkSpec), so the
@@ -128,6 +131,32 @@ class NetworkSpec(Model):
         return self.service_subnet.network_address + 10
 
 
+DURATION_UNITS = {"m": datetime.timedelta(minutes=1), "h": datetime.timedelta(hours=1), "d": datetime.timedelta(days=1)}
+# The CAs' lifetime: every leaf expires before its CA does.
+CA_VALIDITY = datetime.timedelta(days=3650)
+
+
+def duration(text: str) -> datetime.timedelta:
+    return int(text[:-1]) * DURATION_UNITS[text[-1]]
+
+
+class PkiSpec(Model):
+    leaf_validity: Annotated[str, Field(pattern=DURATION_PATTERN, description="lifetime of every leaf certificate")] = (
+        "365d"
+    )
+    renew_before: Annotated[
+        str, Field(pattern=DURATION_PATTERN, description="a leaf with less than this left is re-issued by `up`")
+    ] = "30d"
+
+    @property
+    def leaf(self) -> datetime.timedelta:
+        return duration(self.leaf_validity)
+
+    @property
+    def margin(self) -> datetime.timedelta:
+        return duration(self.renew_before)
+
+
 class ArtifactsSpec(Model):
     source: Literal["auto", "release", "mirror", "build"] = "auto"
     mirror: str | None = Field(default=None, description="base URL laid out like the official release URLs")
@@ -169,6 +198,7 @@ class ClusterBody(Model):
     provider: Provider
     network: NetworkSpec
     artifacts: ArtifactsSpec = ArtifactsSpec()
+    pki: PkiSpec = PkiSpec()
     nodes: Annotated[list[Node], Field(min_length=1)]
 
 
@@ -759,7 +789,23 @@ def semantic_problems(cluster: Cluster, base_dir: Path | None = None) -> list[st
         *_node_problems(spec, base_dir),
         *_subnet_problems(spec),
         *_mirror_problems(spec.artifacts),
+        *_pki_problems(spec.pki),
     ]
+
+
+def _pki_problems(pki: PkiSpec) -> list[str]:
+    if pki.leaf > CA_VALIDITY:
+        return [
+            f"spec.pki.leafValidity: {pki.leaf_validity} is longer than the CAs' {CA_VALIDITY.days}d: a leaf "
+            f"cannot outlive the CA that signs it; use {CA_VALIDITY.days}d or less"
+        ]
+    if pki.leaf <= pki.margin:
+        return [
+            f"spec.pki.leafValidity: {pki.leaf_validity} is not longer than spec.pki.renewBefore "
+            f"({pki.renew_before}): every `up` would find every certificate due and issue it again; "
+            "make renewBefore a fraction of the lifetime (for example leafValidity: 2h, renewBefore: 30m)"
+        ]
+    return []
 
 
 def _version_problems(version: str) -> list[str]:

@@ -103,7 +103,7 @@ def test_a_changed_node_address_reissues_only_that_nodes_serving_certificate(
 def test_a_certificate_near_expiry_is_renewed(cluster: spec.Cluster, tmp_path: Path) -> None:
     state = State(tmp_path)
     pki.ensure(cluster, state)
-    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=pki.LEAF_DAYS - 10)
+    later = datetime.datetime.now(datetime.UTC) + cluster.spec.pki.leaf - datetime.timedelta(days=10)
     result = pki.ensure(cluster, state, now=later)
     assert "apiserver" in result.issued
     assert "ca" not in result.issued
@@ -311,3 +311,33 @@ def test_workers_reach_the_one_master_directly_and_several_through_their_loopbac
     # the load balancer on each worker's loopback, which the apiserver certificate names (127.0.0.1)
     lb = f"https://127.0.0.1:{layout.PORTS['apiserver_lb']}"
     assert _servers(three) == {**local, "admin": "https://192.168.56.10:6443", **dict.fromkeys(workers, lb)}
+
+
+def _with_pki(cluster: spec.Cluster, leaf: str, margin: str) -> spec.Cluster:
+    lifetimes = spec.PkiSpec.model_validate({"leafValidity": leaf, "renewBefore": margin})
+    body = cluster.spec.model_copy(update={"pki": lifetimes})
+    return cluster.model_copy(update={"spec": body})
+
+
+def test_leaves_live_as_long_as_the_spec_says_and_are_renewed_within_its_margin(
+    cluster: spec.Cluster, tmp_path: Path
+) -> None:
+    state = State(tmp_path)
+    default = _cert_after_ensure(cluster, state, "apiserver")
+    assert default.not_valid_after_utc - default.not_valid_before_utc == datetime.timedelta(days=365, minutes=5)
+    short = _with_pki(cluster, "2h", "30m")
+    result = pki.ensure(short, state)  # the spec shortened the lifetime: every leaf again, no CA
+    assert "apiserver" in result.issued and "ca" not in result.issued and "etcd-ca" not in result.issued
+    cert = _cert(state, "apiserver")
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == datetime.timedelta(hours=2, minutes=5)
+    now = datetime.datetime.now(datetime.UTC)
+    assert "apiserver" in pki.ensure(short, state, now=now).reused
+    assert "apiserver" in pki.ensure(short, state, now=now + datetime.timedelta(minutes=80)).reused
+    assert "apiserver" in pki.ensure(short, state, now=now + datetime.timedelta(minutes=95)).issued
+    ca = _cert(state, "ca")
+    assert ca.not_valid_after_utc - ca.not_valid_before_utc == spec.CA_VALIDITY + pki.BACKDATE
+
+
+def _cert_after_ensure(cluster: spec.Cluster, state: State, name: str) -> x509.Certificate:
+    pki.ensure(cluster, state)
+    return _cert(state, name)

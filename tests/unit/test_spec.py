@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import subprocess
 import sys
 import time
@@ -160,6 +161,16 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
     ("mirror-without-url", _set("spec.artifacts.source", "mirror"), "spec.artifacts.mirror", "required when"),
     ("bad-source", _set("spec.artifacts.source", "docker"), "spec.artifacts.source", "'build'"),
     ("memory-too-small", _set("spec.nodes.1.memory", 64), "spec.nodes[1].memory", "512"),
+    ("lifetime-form", _set("spec.pki", {"leafValidity": "1y"}), "spec.pki.leafValidity", "30m, 2h or 365d"),
+    ("lifetime-number", _set("spec.pki", {"leafValidity": 365}), "spec.pki.leafValidity", "365"),
+    ("lifetime-past-ca", _set("spec.pki", {"leafValidity": "4000d"}), "spec.pki.leafValidity", "cannot outlive"),
+    (
+        "lifetime-within-margin",
+        _set("spec.pki", {"leafValidity": "2h"}),
+        "spec.pki.leafValidity",
+        "not longer than spec.pki.renewBefore (30d)",
+    ),
+    ("margin-form", _set("spec.pki", {"renewBefore": "-1d"}), "spec.pki.renewBefore", "not a duration"),
 ]
 
 
@@ -273,3 +284,11 @@ def test_static_key_path_is_relative_to_the_spec_file(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     cluster = spec.load(path)
     assert {n.ssh.key for n in cluster.spec.nodes if n.ssh} == {tmp_path / "id_ed25519"}
+
+
+def test_short_certificate_lifetimes_for_tests_are_accepted() -> None:
+    cluster = spec.parse(mutated(_set("spec.pki", {"leafValidity": "2h", "renewBefore": "30m"})))
+    assert cluster.spec.pki.leaf == datetime.timedelta(hours=2)
+    assert cluster.spec.pki.margin == datetime.timedelta(minutes=30)
+    default = spec.load(paths.default_spec()).spec.pki
+    assert (default.leaf, default.margin) == (datetime.timedelta(days=365), datetime.timedelta(days=30))
