@@ -62,9 +62,8 @@ from provisioner import endpoints, layout, providers
 from provisioner.errors import ProvisionerError, ToolMissing
 from provisioner.events import EventBus, Phase
 from provisioner.files import write_atomic
-from provisioner.hosts import NodeCommandError, Ssh, ssh_options
-from provisioner.hosts import load as load_hosts
-from provisioner.spec import Cluster, StaticProvider
+from provisioner.hosts import NodeCommandError
+from provisioner.spec import Cluster
 from provisioner.state import State
 
 FORMAT = 1
@@ -876,16 +875,7 @@ class LiveCluster:
     """The cluster `up` built, reached over SSH (hosts.Ssh), under the lab's prefix."""
 
     def __init__(self, cluster: Cluster, state: State, bus: EventBus) -> None:
-        if not state.hosts_file.is_file():
-            raise ProvisionerError(
-                f"cluster {cluster.name}",
-                f"has no host list under {state.root}",
-                "bring it up first with `provisioner up`",
-            )
-        static = isinstance(cluster.spec.provider, StaticProvider)
-        prefix = providers.for_cluster(cluster, state, bus).command_prefix()
-        options = ssh_options(state.known_hosts, strict=static, control_dir=state.ssh_control_dir)
-        self.ssh = Ssh({h.name: h for h in load_hosts(state)}, prefix, options)
+        self.ssh = providers.node_ssh(cluster, state, bus)
 
     def run(self, node: str, script: str, timeout: float = 60) -> str:
         return self.ssh.run(node, script, timeout=timeout).stdout.decode(errors="replace")

@@ -14,6 +14,7 @@ from rich.table import Table
 from provisioner import hosts, providers, scaling, spec
 from provisioner.cli import access, artifacts, box, cluster, drift, secrets, verify
 from provisioner.cli import backup as backup_cli
+from provisioner.cli import certs as certs_cli
 from provisioner.cli.render import SpecOption, cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.errors import MachineError, ProvisionerError, SpecError
 from provisioner.events import EventBus
@@ -77,6 +78,7 @@ app.command("reset")(cluster.reset)
 app.command("replace-master")(cluster.replace_master)
 app.command("verify")(verify.verify)
 app.command("drift")(drift.drift)
+app.command("certs")(certs_cli.certs)
 app.command("backup")(backup_cli.backup)
 app.command("restore")(backup_cli.restore)
 app.command("kubeconfig")(access.kubeconfig)
