@@ -121,6 +121,20 @@ def below(found: Iterable[Found | Unreadable], days: float, now: datetime.dateti
     return [f for f in found if isinstance(f, Found) and f.days_left(now) < days]
 
 
+def expiry_warning(state: State, now: datetime.datetime | None = None) -> str | None:
+    """One line when any certificate of the admin machine's PKI has fewer than WARN_DAYS left (what `up`
+    and `status` say; `provisioner certs` shows them as installed on the nodes)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    due = sorted(below(admin_files(state), WARN_DAYS, now), key=lambda f: f.not_after)
+    if not due:
+        return None
+    first = due[0]
+    return (
+        f"{len(due)} certificate(s) have fewer than {WARN_DAYS} days left, the first {Path(first.file).name} "
+        f"({first.subject}): {describe_left(first.left(now))}; `provisioner certs` shows them as installed"
+    )
+
+
 def describe_left(left: datetime.timedelta) -> str:
     """3 h 20 min, 12 d, or 'expired 2 h ago': what a person needs, at the scale that matters."""
     seconds = left.total_seconds()

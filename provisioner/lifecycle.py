@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from provisioner import admin, endpoints, forwarder, inventory, pki, preflight, providers, runner
+from provisioner import admin, certs, endpoints, forwarder, inventory, pki, preflight, providers, runner
 from provisioner import hosts as hosts_mod
 from provisioner.artifacts import artifact_set
 from provisioner.artifacts import ensure as ensure_artifacts
 from provisioner.artifacts.serve import serving
 from provisioner.errors import ProvisionerError
-from provisioner.events import Event, EventBus, Phase, PhaseFinished
+from provisioner.events import Event, EventBus, Phase, PhaseFinished, Warning
 from provisioner.kube import Kubectl, KubectlError
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
@@ -125,6 +125,9 @@ def up(
         inventory.write(cluster, state, hosts, aset.root)
         made = pki.ensure(cluster, state)
         phase.progress(f"{len(made.issued)} issued, {len(made.reused)} reused")
+        soon = certs.expiry_warning(state)
+        if soon is not None:
+            bus.emit(Warning(soon))
     server = provider.artifact_server_address()
     with serving(aset.root, server, state.root / "artifact-server.log", prefix) if server else nullcontext() as url:
         run = runner.run_playbook(

@@ -4,6 +4,7 @@ admin machine's own, read back with the right subjects, issuers, SANs and time l
 from __future__ import annotations
 
 import datetime
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -105,3 +106,18 @@ def test_the_admin_machine_shows_its_pki_and_the_kubeconfigs_clients(short_lived
 )
 def test_time_left_is_said_at_the_scale_that_matters(left: datetime.timedelta, said: str) -> None:
     assert certs.describe_left(left) == said
+
+
+def test_up_and_status_warn_when_a_certificate_has_fewer_than_90_days(
+    short_lived: tuple[spec.Cluster, State], tmp_path: Path
+) -> None:
+    cluster, state = short_lived
+    said = certs.expiry_warning(state)
+    leaves = len(pki.cluster_certs(cluster))  # every leaf, none of the CAs
+    assert said is not None and said.startswith(f"{leaves} certificate(s) have fewer than 90 days left")
+    assert re.search(r": 1 h 5\d min;", said), said  # the first to expire, two hours after its issue
+    year = State(tmp_path / "year")
+    pki.ensure(spec.load(paths.default_spec()), year)
+    assert certs.expiry_warning(year) is None
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=300)
+    assert "fewer than 90 days" in (certs.expiry_warning(year, later) or "")
