@@ -34,15 +34,16 @@ DEFAULT_FAIL_DAYS = 30
 
 
 @dataclass(frozen=True)
-class Found:
-    """One certificate as installed: where, in which file, and what it says."""
+class CertFacts:
+    """What a certificate says, as the checks and the table need it."""
 
-    where: str  # a node's name, or ADMIN
-    file: str
-    subject: str
-    issuer: str
-    sans: tuple[str, ...]
+    subject: str  # RFC 4514
+    name: str  # CN, then the organisations (the groups RBAC sees): "kubernetes-admin (provisioner:cluster-admins)"
+    issuer: str  # the issuer's, the same way
+    not_before: datetime.datetime
     not_after: datetime.datetime
+    dns: frozenset[str]
+    ips: frozenset[str]
     is_ca: bool
 
     def left(self, now: datetime.datetime) -> datetime.timedelta:
@@ -50,6 +51,40 @@ class Found:
 
     def days_left(self, now: datetime.datetime) -> float:
         return self.left(now).total_seconds() / 86400
+
+    @property
+    def sans(self) -> tuple[str, ...]:
+        return (*sorted(self.dns), *sorted(self.ips))
+
+
+def read_pem(data: bytes) -> list[CertFacts]:
+    return [_facts(c) for c in x509.load_pem_x509_certificates(data)] if b"BEGIN CERTIFICATE" in data else []
+
+
+def read_der(data: bytes) -> CertFacts:
+    return _facts(x509.load_der_x509_certificate(data))
+
+
+def kubeconfig_certs(text: str, *, clients_only: bool = False) -> list[CertFacts]:
+    """Certificates embedded in a kubeconfig: the cluster CA (unless clients_only) and the client certificate."""
+    data = yaml.safe_load(text) or {}
+    found: list[CertFacts] = []
+    for entry in [] if clients_only else data.get("clusters") or []:
+        if ca := (entry.get("cluster") or {}).get("certificate-authority-data"):
+            found += read_pem(base64.b64decode(ca))
+    for entry in data.get("users") or []:
+        if crt := (entry.get("user") or {}).get("client-certificate-data"):
+            found += read_pem(base64.b64decode(crt))
+    return found
+
+
+@dataclass(frozen=True)
+class Found:
+    """One certificate as installed: where, in which file, and what it says."""
+
+    where: str  # a node's name, or ADMIN
+    file: str
+    cert: CertFacts
 
 
 @dataclass(frozen=True)
@@ -118,20 +153,20 @@ def from_nodes(ssh: Ssh, nodes: Sequence[str], timeout: float = 90) -> list[Foun
 
 
 def below(found: Iterable[Found | Unreadable], days: float, now: datetime.datetime) -> list[Found]:
-    return [f for f in found if isinstance(f, Found) and f.days_left(now) < days]
+    return [f for f in found if isinstance(f, Found) and f.cert.days_left(now) < days]
 
 
 def expiry_warning(state: State, now: datetime.datetime | None = None) -> str | None:
     """One line when any certificate of the admin machine's PKI has fewer than WARN_DAYS left (what `up`
     and `status` say; `provisioner certs` shows them as installed on the nodes)."""
     now = now or datetime.datetime.now(datetime.UTC)
-    due = sorted(below(admin_files(state), WARN_DAYS, now), key=lambda f: f.not_after)
+    due = sorted(below(admin_files(state), WARN_DAYS, now), key=lambda f: f.cert.not_after)
     if not due:
         return None
     first = due[0]
     return (
         f"{len(due)} certificate(s) have fewer than {WARN_DAYS} days left, the first {Path(first.file).name} "
-        f"({first.subject}): {describe_left(first.left(now))}; `provisioner certs` shows them as installed"
+        f"({first.cert.name}): {describe_left(first.cert.left(now))}; `provisioner certs` shows them as installed"
     )
 
 
@@ -153,39 +188,44 @@ def describe_left(left: datetime.timedelta) -> str:
 
 def _parse_pem(where: str, file: str, data: bytes) -> list[Found | Unreadable]:
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        return [Found(where, file, cert) for cert in read_pem(data)] or [
+            Unreadable(where, file, "holds no PEM certificate")
+        ]
     except ValueError as exc:
         return [Unreadable(where, file, f"not a PEM certificate ({exc})")]
-    return [_found(where, file, cert) for cert in certs]
 
 
 def _kubeconfig_certs(where: str, path: Path) -> list[Found | Unreadable]:
     try:
-        doc = yaml.safe_load(path.read_text())
-        users = doc.get("users") or []
-        datas = [u["user"]["client-certificate-data"] for u in users if "client-certificate-data" in u.get("user", {})]
-        return [item for data in datas for item in _parse_pem(where, str(path), base64.b64decode(data))]
-    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, binascii.Error) as exc:
-        return [Unreadable(where, str(path), f"not a kubeconfig with an embedded client certificate ({exc})")]
+        return [Found(where, str(path), cert) for cert in kubeconfig_certs(path.read_text(), clients_only=True)]
+    except (OSError, ValueError, yaml.YAMLError, AttributeError, TypeError, binascii.Error) as exc:
+        return [Unreadable(where, str(path), f"not a kubeconfig with readable certificates ({exc})")]
 
 
-def _found(where: str, file: str, cert: x509.Certificate) -> Found:
+def _facts(cert: x509.Certificate) -> CertFacts:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans = tuple(
-            [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
-        )
+        dns = frozenset(san.get_values_for_type(x509.DNSName))
+        ips = frozenset(str(i) for i in san.get_values_for_type(x509.IPAddress))
     except x509.ExtensionNotFound:
-        sans = ()
+        dns, ips = frozenset(), frozenset()
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         is_ca = False
-    return Found(where, file, _name(cert.subject), _name(cert.issuer), sans, cert.not_valid_after_utc, is_ca)
+    return CertFacts(
+        subject=cert.subject.rfc4514_string(),
+        name=_name(cert.subject),
+        issuer=_name(cert.issuer),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        dns=dns,
+        ips=ips,
+        is_ca=is_ca,
+    )
 
 
 def _name(name: x509.Name) -> str:
-    """CN, with the organisations (the groups RBAC sees) after it: 'kubernetes-admin (provisioner:cluster-admins)'."""
     cn = ", ".join(str(a.value) for a in name.get_attributes_for_oid(NameOID.COMMON_NAME)) or name.rfc4514_string()
     orgs = [str(a.value) for a in name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
     return f"{cn} ({', '.join(orgs)})" if orgs else cn

@@ -11,7 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from provisioner import certs, hosts, providers, scaling, spec
+from provisioner import hosts, providers, scaling, spec
+from provisioner.certs import expiry_warning
 from provisioner.cli import access, artifacts, box, cluster, drift, secrets, verify
 from provisioner.cli import backup as backup_cli
 from provisioner.cli import certs as certs_cli
@@ -105,7 +106,7 @@ def status(spec_file: SpecOption = None) -> None:
             style = "green" if machine.state in ("running", "reachable") else "yellow"
             table.add_row(machine.name, machine.role, f"[{style}]{machine.state}[/{style}]", machine.address)
         out.print(table)
-        soon = certs.expiry_warning(State.for_cluster(cluster.name))
+        soon = expiry_warning(State.for_cluster(cluster.name))
         if soon is not None:
             console.print(f"warning: {soon}", markup=False)
 

@@ -42,17 +42,18 @@ def certs(
             unreadable.append(item)
             table.add_row(item.where, item.file, f"[bold red]unreadable: {item.cause}[/]", "", "", "", "", "")
             continue
-        days = item.days_left(now)
+        cert = item.cert
+        days = cert.days_left(now)
         style = "bold red" if days < warn_days else ("yellow" if days < core.WARN_DAYS else "")
         table.add_row(
             item.where,
             item.file,
-            item.subject + (" [CA]" if item.is_ca else ""),
-            item.issuer,
-            ", ".join(item.sans),
-            item.not_after.strftime("%Y-%m-%d %H:%M"),
+            cert.name + (" [CA]" if cert.is_ca else ""),
+            cert.issuer,
+            ", ".join(cert.sans),
+            cert.not_after.strftime("%Y-%m-%d %H:%M"),
             f"[{style}]{days:.1f}[/]" if style else f"{days:.1f}",
-            core.describe_left(item.left(now)),
+            core.describe_left(cert.left(now)),
         )
     out.print(table)
     due = core.below(found, warn_days, now)

@@ -13,8 +13,9 @@ import time
 from collections.abc import Sequence
 
 from provisioner import artifacts, forwarder
+from provisioner.certs import expiry_warning
 from provisioner.errors import ProvisionerError, ToolMissing
-from provisioner.events import EventBus, PhaseFinished, PhaseStarted, Progress
+from provisioner.events import EventBus, PhaseFinished, PhaseStarted, Progress, Warning
 from provisioner.hosts import load as load_hosts
 from provisioner.hosts import ssh_options
 from provisioner.kube import Kubectl
@@ -77,6 +78,9 @@ def run(cluster: Cluster, state: State, bus: EventBus, select: Sequence[str] | N
             f"has no generated inventory, host list or admin kubeconfig under {state.root}",
             "bring it up first with `provisioner up`",
         )
+    soon = expiry_warning(state)
+    if soon is not None:
+        bus.emit(Warning(soon))
     provider = for_cluster(cluster, state, bus)
     prefix = provider.command_prefix()
     kubectl_bin = artifacts.artifact_set(cluster).bin / "kubectl"

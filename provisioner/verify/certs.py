@@ -2,68 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import datetime
 import ipaddress
 import socket
 import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-import yaml
-from cryptography import x509
+from provisioner.certs import CertFacts, read_der
+from provisioner.certs import kubeconfig_certs as kubeconfig_certs
+from provisioner.certs import read_pem as read_pem
 
 # The seed's promise: nothing the cluster depends on expires within this many days.
 MIN_DAYS_LEFT = 30
-
-
-@dataclass(frozen=True)
-class CertFacts:
-    subject: str
-    not_before: datetime.datetime
-    not_after: datetime.datetime
-    dns: frozenset[str]
-    ips: frozenset[str]
-
-    def days_left(self, now: datetime.datetime) -> float:
-        return (self.not_after - now).total_seconds() / 86400
-
-
-def read_pem(data: bytes) -> list[CertFacts]:
-    return [_facts(c) for c in x509.load_pem_x509_certificates(data)] if b"BEGIN CERTIFICATE" in data else []
-
-
-def read_der(data: bytes) -> CertFacts:
-    return _facts(x509.load_der_x509_certificate(data))
-
-
-def _facts(cert: x509.Certificate) -> CertFacts:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = frozenset(san.get_values_for_type(x509.DNSName))
-        ips = frozenset(str(i) for i in san.get_values_for_type(x509.IPAddress))
-    except x509.ExtensionNotFound:
-        dns, ips = frozenset(), frozenset()
-    return CertFacts(
-        subject=cert.subject.rfc4514_string(),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        dns=dns,
-        ips=ips,
-    )
-
-
-def kubeconfig_certs(text: str) -> list[CertFacts]:
-    """Certificates embedded in a kubeconfig (cluster CA and client certificate)."""
-    data = yaml.safe_load(text) or {}
-    found: list[CertFacts] = []
-    for entry in data.get("clusters") or []:
-        if ca := (entry.get("cluster") or {}).get("certificate-authority-data"):
-            found += read_pem(base64.b64decode(ca))
-    for entry in data.get("users") or []:
-        if crt := (entry.get("user") or {}).get("client-certificate-data"):
-            found += read_pem(base64.b64decode(crt))
-    return found
 
 
 def validity_problems(name: str, cert: CertFacts, now: datetime.datetime, min_days: int = MIN_DAYS_LEFT) -> list[str]:

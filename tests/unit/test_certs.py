@@ -51,11 +51,11 @@ def test_a_node_shows_its_installed_certificates_with_subject_issuer_sans_and_ti
     _install_like_a_worker(state, kube)
     found = certs.parse_node_output("worker-1", _run_node_script(kube))
     assert all(isinstance(f, certs.Found) for f in found), found
-    by_file = {f.file: f for f in found if isinstance(f, certs.Found)}
+    by_file = {f.file: f.cert for f in found if isinstance(f, certs.Found)}
     assert sorted(by_file) == ["kube-proxy.kubeconfig", "kubelet.kubeconfig", "pki/ca.crt", "pki/kubelet.crt"]
-    assert by_file["pki/ca.crt"].is_ca and by_file["pki/ca.crt"].subject == "lab-ca"
+    assert by_file["pki/ca.crt"].is_ca and by_file["pki/ca.crt"].name == "lab-ca"
     assert by_file["pki/kubelet.crt"].sans == ("worker-1", "192.168.56.11")
-    assert by_file["kubelet.kubeconfig"].subject == "system:node:worker-1 (system:nodes)"
+    assert by_file["kubelet.kubeconfig"].name == "system:node:worker-1 (system:nodes)"
     assert by_file["kube-proxy.kubeconfig"].issuer == "lab-ca"
     now = datetime.datetime.now(datetime.UTC)
     for name in ("pki/kubelet.crt", "kubelet.kubeconfig", "kube-proxy.kubeconfig"):
@@ -88,7 +88,7 @@ def test_the_admin_machine_shows_its_pki_and_the_kubeconfigs_clients(short_lived
     shutil.copy(state.pki_dir / "kubeconfigs" / "admin.kubeconfig", state.kubeconfig)
     found = certs.admin_files(state)
     assert all(isinstance(f, certs.Found) and f.where == certs.ADMIN for f in found)
-    subjects = {Path(f.file).name: f.subject for f in found if isinstance(f, certs.Found)}
+    subjects = {Path(f.file).name: f.cert.name for f in found if isinstance(f, certs.Found)}
     assert subjects["etcd-ca.crt"] == "lab-etcd-ca"
     assert subjects["super-admin.crt"] == "kubernetes-super-admin (system:masters)"
     assert subjects[state.kubeconfig.name] == "kubernetes-admin (provisioner:cluster-admins)"
