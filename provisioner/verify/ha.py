@@ -236,7 +236,17 @@ def check_master_loss(lab: Lab) -> str:
         cut = time.monotonic()
         provider.power_off(victim)
         try:
-            deploy(lab, ns, [agnhost_deployment("during", lab.agnhost_image, replicas=2)])
+            # Through the admin machine's kubeconfig, like every request of this row: it may take as long
+            # as the admin machine may go without an answer.
+            try:
+                wait_for(
+                    "a Deployment to be created through the admin machine's kubeconfig",
+                    lambda: deploy(lab, ns, [agnhost_deployment("during", lab.agnhost_image, replicas=2)]),
+                    ADMIN_GAP_LIMIT,
+                    3,
+                )
+            except CheckFailed as exc:
+                raise CheckFailed(f"the admin machine lost the API when {victim.name} went: {exc}") from None
 
             def moved() -> dict[str, str]:
                 holders = lease_holders(lab)
