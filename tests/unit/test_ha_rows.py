@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from provisioner import paths, spec
-from provisioner.verify import ha, selected
+from provisioner.verify import DISRUPTIVE, ha, selected
 from provisioner.verify.lab import Lab, Skip
 
 LOG = """\
@@ -48,3 +48,11 @@ def test_the_rows_skip_with_one_master(row: object) -> None:
 def test_the_ha_alias_selects_both_rows_last() -> None:
     assert selected(["ha"]) == ["master-loss", "etcd-quorum"]
     assert selected(None)[-2:] == ["master-loss", "etcd-quorum"]
+
+
+def test_the_cluster_alias_takes_no_node_down() -> None:
+    """`--only cluster` (the HA tier's check after a restore) once ran every row, the master power-offs too."""
+    chosen = set(selected(["cluster"]))
+    assert chosen and not chosen & DISRUPTIVE
+    assert not chosen & set(selected(["self-healing"]))
+    assert set(selected(["hosts", "cluster", "security", "self-healing", "ha"])) == set(selected(None))
