@@ -49,8 +49,7 @@ from provisioner.artifacts import artifact_set
 from provisioner.errors import PlaybookError, ProvisionerError, ToolMissing
 from provisioner.events import EventBus, Phase
 from provisioner.files import write_atomic
-from provisioner.hosts import NodeCommandError, Ssh, ssh_options
-from provisioner.hosts import load as load_hosts
+from provisioner.hosts import NodeCommandError
 from provisioner.kube import Kubectl, KubectlError
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
@@ -694,10 +693,9 @@ class LiveCluster:
             raise ToolMissing(str(kubectl_bin), "kubectl of the artifact set is missing", "run `provisioner artifacts`")
         self.state, self.bus = state, bus
         self.static = isinstance(cluster.spec.provider, StaticProvider)
-        self.prefix = providers.for_cluster(cluster, state, bus).command_prefix()
+        self.ssh = providers.node_ssh(cluster, state, bus)
+        self.prefix = self.ssh.prefix
         self.kubectl = Kubectl(kubectl_bin, state.kubeconfig, self.prefix)
-        options = ssh_options(state.known_hosts, strict=self.static, control_dir=state.ssh_control_dir)
-        self.ssh = Ssh({h.name: h for h in load_hosts(state)}, self.prefix, options)
         self.etcd_host = cluster.masters[0].name
 
     def push(self) -> None:

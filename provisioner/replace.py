@@ -27,8 +27,7 @@ from provisioner import layout, lifecycle, pki, providers
 from provisioner.artifacts import artifact_set
 from provisioner.errors import ProvisionerError
 from provisioner.events import EventBus, Phase
-from provisioner.hosts import NodeCommandError, Ssh, ssh_options
-from provisioner.hosts import load as load_hosts
+from provisioner.hosts import NodeCommandError
 from provisioner.spec import Cluster, Node, StaticProvider
 from provisioner.state import State
 
@@ -101,8 +100,7 @@ class Replacement:
         self.cluster, self.state, self.bus = cluster, state, bus
         self.static = isinstance(cluster.spec.provider, StaticProvider)
         self.provider = providers.for_cluster(cluster, state, bus)
-        options = ssh_options(state.known_hosts, strict=self.static, control_dir=state.ssh_control_dir)
-        self.ssh = Ssh({h.name: h for h in load_hosts(state)}, self.provider.command_prefix(), options)
+        self.ssh = providers.node_ssh(cluster, state, bus)
 
     def members(self, via: str) -> list[Member]:
         proc = self.ssh.run(via, f"{layout.ETCDCTL} member list -w json", timeout=90)
@@ -164,7 +162,7 @@ class Replacement:
                     (self.state.pki_dir / f"{stem}{suffix}").unlink(missing_ok=True)
         up = lifecycle.up(self.cluster, self.state, self.bus, strategy=strategy, limit=[name])
         # The new machine's connection details (a new VM has new keys and maybe a new management address).
-        self.ssh = Ssh({h.name: h for h in load_hosts(self.state)}, self.ssh.prefix, self.ssh.options)
+        self.ssh = providers.node_ssh(self.cluster, self.state, self.bus)
         with Phase(self.bus, "etcd members", f"every member healthy, {name} among them") as phase:
             after = self.wait_all_healthy(via, node)
             phase.progress(", ".join(f"{m.name} {m.id}" for m in after))
