@@ -26,11 +26,13 @@ from provisioner.hosts import NodeCommandError, Ssh
 from provisioner.state import State
 
 ADMIN = "admin machine"
-# Marks the start of each file in what NODE_SCRIPT prints.
+# Marks the start of each file in what node_script() prints.
 HEADER = "==> "
-# What `up`, `status` and `verify` warn about; `certs --warn-days` defaults to its own, shorter, threshold.
+# What `up`, `status` and `verify` warn about.
 WARN_DAYS = 90
-DEFAULT_FAIL_DAYS = 30
+# The seed's promise: nothing the cluster depends on expires within this many days (verify's host checks
+# fail below it; `certs --warn-days` defaults to it).
+MIN_DAYS_LEFT = 30
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ def certs(
     warn_days: Annotated[
         float,
         typer.Option("--warn-days", help="Exit 1 when any certificate has fewer days left than this.", min=0),
-    ] = core.DEFAULT_FAIL_DAYS,
+    ] = core.MIN_DAYS_LEFT,
 ) -> None:
     """Every certificate on the admin machine and, read over SSH, on every node: the PKI directory's and
     the client certificates inside the kubeconfigs, CAs included; subject, issuer, SANs, not-after, time left.

@@ -8,12 +8,9 @@ import socket
 import ssl
 from collections.abc import Iterable
 
-from provisioner.certs import CertFacts, read_der
+from provisioner.certs import MIN_DAYS_LEFT, CertFacts, read_der
 from provisioner.certs import kubeconfig_certs as kubeconfig_certs
 from provisioner.certs import read_pem as read_pem
-
-# The seed's promise: nothing the cluster depends on expires within this many days.
-MIN_DAYS_LEFT = 30
 
 
 def validity_problems(name: str, cert: CertFacts, now: datetime.datetime, min_days: int = MIN_DAYS_LEFT) -> list[str]:
