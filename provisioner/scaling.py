@@ -64,10 +64,9 @@ def grow_masters(path: Path, state: State, bus: EventBus, masters: int, *, strat
             "has not been brought up yet, so there is no control plane to grow",
             "bring it up first (`provisioner up`), or write the masters into the spec and run `up`",
         )
-    plan = spec_edit.set_master_count(path, masters)
-    result = ScaleResult(plan)
+    result = ScaleResult(spec_edit.set_master_count(path, masters))
     # Also when the spec already had them (a re-run after a failure part-way): `up` converges what is left.
-    if plan.added or len(spec.load(path).masters) > 1:
+    if masters > 1:
         up = lifecycle.up(spec.load(path), state, bus, strategy=strategy)
         result.changed_per_host = {name: stats.changed for name, stats in up.run.hosts.items()}
     return result
