@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,8 +175,18 @@ def cluster_kubeconfigs(cluster: Cluster) -> list[KubeconfigSpec]:
     return configs
 
 
-def ensure(cluster: Cluster, state: State, now: datetime.datetime | None = None) -> PkiResult:
-    """Create what is missing or stale under ``state.pki_dir``; reuse everything else."""
+def leaf_names(cluster: Cluster) -> list[str]:
+    """The file stems of every leaf certificate the cluster uses: what `certs renew NAME` takes."""
+    return [c.name for c in cluster_certs(cluster)]
+
+
+def ensure(
+    cluster: Cluster, state: State, now: datetime.datetime | None = None, renew: Collection[str] = ()
+) -> PkiResult:
+    """Create what is missing or stale under ``state.pki_dir``; reuse everything else.
+
+    `renew`: leaf stems (leaf_names) issued anew even when current, from the same CA with a new key; the
+    kubeconfigs that embed them follow. `now` is when they are issued (tests issue them in the past)."""
     now = now or datetime.datetime.now(datetime.UTC)
     directory = state.pki_dir
     directory.mkdir(parents=True, exist_ok=True)
@@ -185,7 +196,7 @@ def ensure(cluster: Cluster, state: State, now: datetime.datetime | None = None)
     cas = {stem: _ensure_ca(directory, stem, f"{cluster.name}-{stem}", now, result) for stem in CAS}
     for spec in cluster_certs(cluster):
         ca_key, ca_cert = cas[spec.ca]
-        _ensure_leaf(directory, spec, ca_key, ca_cert, now, result, cluster.spec.pki)
+        _ensure_leaf(directory, spec, ca_key, ca_cert, now, result, cluster.spec.pki, spec.name in renew)
     _ensure_service_account_keys(directory, result)
     # Secrets at rest in etcd: the encryption config is encryption.py's (it also rotates the key).
     (result.issued if encryption.ensure_config(directory) else result.reused).append("encryption-config")
@@ -329,9 +340,10 @@ def _ensure_leaf(
     now: datetime.datetime,
     result: PkiResult,
     lifetimes: PkiSpec,
+    renew: bool = False,
 ) -> None:
     cert_path = directory / f"{spec.name}.crt"
-    if _leaf_is_current(cert_path, spec, ca_cert, now, lifetimes):
+    if not renew and _leaf_is_current(cert_path, spec, ca_cert, now, lifetimes):
         result.reused.append(spec.name)
         return
     key = _new_key()
