@@ -28,11 +28,9 @@ from provisioner.state import State
 ADMIN = "admin machine"
 # Marks the start of each file in what node_script() prints.
 HEADER = "==> "
-# What `up`, `status` and `verify` warn about.
+# What `up`, `status` and `verify` warn about. What they fail on is spec.pki.renewBefore: a certificate
+# with less than that left is one `up` would have renewed (`certs --warn-days` defaults to it).
 WARN_DAYS = 90
-# The seed's promise: nothing the cluster depends on expires within this many days (verify's host checks
-# fail below it; `certs --warn-days` defaults to it).
-MIN_DAYS_LEFT = 30
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,12 @@ class CertFacts:
     dns: frozenset[str]
     ips: frozenset[str]
     is_ca: bool
+    serial: int = 0
+
+    @property
+    def identity(self) -> tuple[str, str, tuple[str, ...]]:
+        """What a renewed certificate keeps: subject, issuer and names (a new one differs in serial)."""
+        return (self.name, self.issuer, self.sans)
 
     def left(self, now: datetime.datetime) -> datetime.timedelta:
         return self.not_after - now
@@ -96,12 +100,14 @@ class Unreadable:
     cause: str
 
 
-def node_script(kube_dir: str = layout.DIRS.kube) -> str:
+def node_script(kube_dir: str = layout.DIRS.kube, rotated: str = layout.KUBELET_ROTATED_CLIENT) -> str:
     """Prints every certificate of a node's PKI dir, then every kubeconfig's embedded client certificate,
-    each after a HEADER line naming its file (relative to the Kubernetes dir). Reads only; root-only files
-    are why it runs as root."""
-    d = shlex.quote(kube_dir)
+    then the client certificate the kubelet renewed itself, if any (it uses that one instead of its
+    kubeconfig's), each after a HEADER line naming its file (relative to the Kubernetes dir, the kubelet's
+    absolute). Reads only; root-only files are why it runs as root."""
+    d, r = shlex.quote(kube_dir), shlex.quote(rotated)
     return (
+        f'[ -f {r} ] && {{ echo "{HEADER}"{r}; sed -n "/BEGIN CERTIFICATE/,/END CERTIFICATE/p" {r}; }}\n'
         f"cd {d} 2>/dev/null || exit 0\n"
         f'for f in pki/*.crt; do [ -f "$f" ] && {{ echo "{HEADER}$f"; cat "$f"; }}; done\n'
         'for f in *.kubeconfig *.conf; do [ -f "$f" ] || continue\n'
@@ -224,6 +230,7 @@ def _facts(cert: x509.Certificate) -> CertFacts:
         dns=dns,
         ips=ips,
         is_ca=is_ca,
+        serial=cert.serial_number,
     )
 
 

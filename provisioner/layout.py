@@ -54,6 +54,10 @@ ENCRYPTION_CONFIG = f"{DIRS.kube}/encryption-config.yaml"
 # How a member that joins a running etcd cluster (a replaced master) first starts: the cluster as its other
 # members report it, state "existing". Read by the unit only while the data dir is empty.
 ETCD_JOIN_ENV = f"{DIRS.kube}/etcd-join.env"
+# The kubelet renews its own client certificate (rotateCertificates) into this directory, and from then on
+# uses the newest one there instead of its kubeconfig's; a new kubeconfig from the provisioner clears it.
+KUBELET_CERT_DIR = f"{DIRS.kubelet}/pki"
+KUBELET_ROTATED_CLIENT = f"{KUBELET_CERT_DIR}/kubelet-client-current.pem"
 
 # System users the playbooks create; reset removes them. etcd runs as its own user, owning its data dir
 # (CIS 1.1.12); its keys stay root's and reach it through systemd's credentials.
@@ -271,6 +275,7 @@ def group_vars() -> dict[str, object]:
         "super_admin_conf": SUPER_ADMIN_CONF,
         "encryption_config": ENCRYPTION_CONFIG,
         "etcd_join_env": ETCD_JOIN_ENV,
+        "kubelet_cert_dir": KUBELET_CERT_DIR,
         "crictl_config": CRICTL_CONFIG,
         "sysctl_config": SYSCTL_CONFIG,
         "modules_config": MODULES_CONFIG,

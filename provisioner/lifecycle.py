@@ -28,6 +28,8 @@ from provisioner.kube import Kubectl, KubectlError
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
 
+# The playbook's batch size for the plays that restart services (site.yml `serial`), when given.
+ROLLING_VAR = "rolling_serial"
 # How long the admin machine waits for `kubectl get nodes` to answer once Ansible has finished.
 ADMIN_WAIT_SECONDS = 120
 
@@ -100,11 +102,16 @@ def up(
     strategy: str | None = None,
     merge_kubeconfig: Path | Literal[False] | None = None,
     limit: Sequence[str] | None = None,
+    rolling: bool = False,
 ) -> UpResult:
     """Bring the cluster the spec describes into being, or converge an existing one.
 
     With `limit` (node names), only those machines are created and only they run the Ansible phases:
     how `scale` adds workers without touching the nodes that stay.
+
+    `rolling`: the etcd, control-plane and worker plays run one host at a time, each waiting for its
+    services to answer (`certs renew` on a running cluster). Not for a new cluster: its etcd members must
+    start together.
 
     `merge_kubeconfig`: a path merges the cluster's context into that kubeconfig; False removes what
     an earlier `up` merged; None keeps an earlier merge where it is (refreshed) and adds none.
@@ -135,7 +142,11 @@ def up(
             bus,
             prefix=prefix,
             # The nodes fetch binaries and images from it (far faster than a push over SSH under emulation).
-            extravars={"artifacts_url": url} if url else None,
+            extravars={
+                **({"artifacts_url": url} if url else {}),
+                **({ROLLING_VAR: 1} if rolling else {}),
+            }
+            or None,
             strategy_name=strategy,
             limit=",".join(limit) if limit else None,
             host_key_checking=isinstance(cluster.spec.provider, StaticProvider),

@@ -79,7 +79,6 @@ app.command("reset")(cluster.reset)
 app.command("replace-master")(cluster.replace_master)
 app.command("verify")(verify.verify)
 app.command("drift")(drift.drift)
-app.command("certs")(certs_cli.certs)
 app.command("backup")(backup_cli.backup)
 app.command("restore")(backup_cli.restore)
 app.command("kubeconfig")(access.kubeconfig)
@@ -91,6 +90,7 @@ app.command(
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(box.app, name="box")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(certs_cli.app, name="certs")
 
 
 @app.command()

@@ -8,20 +8,25 @@ import socket
 import ssl
 from collections.abc import Iterable
 
-from provisioner.certs import MIN_DAYS_LEFT, CertFacts, read_der
+from provisioner.certs import CertFacts, describe_left, read_der
 from provisioner.certs import kubeconfig_certs as kubeconfig_certs
 from provisioner.certs import read_pem as read_pem
 
 
-def validity_problems(name: str, cert: CertFacts, now: datetime.datetime, min_days: int = MIN_DAYS_LEFT) -> list[str]:
-    """Why a certificate breaks the promise, or nothing."""
+def validity_problems(name: str, cert: CertFacts, now: datetime.datetime, margin: datetime.timedelta) -> list[str]:
+    """Why a certificate breaks the promise, or nothing. `margin` is spec.pki.renewBefore: a certificate with
+    less left is one `up` would already have renewed."""
     if cert.not_before > now:
         return [f"{name} ({cert.subject}) is not valid before {cert.not_before:%Y-%m-%d %H:%M} UTC (clock skew?)"]
-    left = cert.days_left(now)
-    if left < 0:
-        return [f"{name} ({cert.subject}) expired on {cert.not_after:%Y-%m-%d}"]
-    if left < min_days:
-        return [f"{name} ({cert.subject}) expires in {left:.0f} days, less than {min_days}"]
+    left = cert.left(now)
+    fix = "`provisioner certs renew --all` issues new ones"
+    if left.total_seconds() < 0:
+        return [f"{name} ({cert.subject}) expired at {cert.not_after:%Y-%m-%d %H:%M} UTC; {fix}"]
+    if left < margin:
+        return [
+            f"{name} ({cert.subject}) expires in {describe_left(left)}, less than spec.pki.renewBefore "
+            f"({describe_left(margin)}); {fix}"
+        ]
     return []
 
 

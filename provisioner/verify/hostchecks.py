@@ -40,6 +40,8 @@ def facts(cluster: Cluster) -> dict[str, Any]:
         "units": {
             n.name: [u.name for u in layout.installed_units(n.role, len(cluster.masters))] for n in cluster.spec.nodes
         },
+        # A certificate with less than this left fails (spec.pki.renewBefore: `up` would renew it).
+        "renew_before_seconds": cluster.spec.pki.margin.total_seconds(),
         "certs": {c.name: {"dns": sorted(c.dns), "ips": sorted(c.ips)} for c in pki.cluster_certs(cluster) if c.server},
         "served": served(cluster),
     }

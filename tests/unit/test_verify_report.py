@@ -247,10 +247,15 @@ def test_each_master_s_served_certificates_are_looked_for_where_they_are_served(
 def test_validity_window(issued: State) -> None:
     cert = certs.read_pem((issued.pki_dir / "apiserver.crt").read_bytes())[0]
     now = datetime.datetime.now(datetime.UTC)
-    assert certs.validity_problems("apiserver.crt", cert, now) == []
+    month = datetime.timedelta(days=30)
+    assert certs.validity_problems("apiserver.crt", cert, now, month) == []
     late = cert.not_after - datetime.timedelta(days=10)
-    assert "expires in 10 days" in certs.validity_problems("apiserver.crt", cert, late)[0]
-    assert "expired" in certs.validity_problems("apiserver.crt", cert, cert.not_after + datetime.timedelta(days=1))[0]
+    said = certs.validity_problems("apiserver.crt", cert, late, month)[0]
+    assert "expires in 10 d, less than spec.pki.renewBefore (30 d)" in said and "certs renew" in said
+    # The margin is the spec's: ten days left passes a cluster that renews a day before the end.
+    assert certs.validity_problems("apiserver.crt", cert, late, datetime.timedelta(days=1)) == []
+    after = cert.not_after + datetime.timedelta(days=1)
+    assert "expired at" in certs.validity_problems("apiserver.crt", cert, after, month)[0]
 
 
 def test_kubeconfig_certificates_are_found(issued: State) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+from typing import Any
+
 from testinfra.host import Host
 
 from provisioner import layout
@@ -9,6 +12,11 @@ from provisioner.verify import probe
 
 # Names the JSON file of expectations hostchecks.py writes for these modules.
 FACTS_ENV = "PROVISIONER_VERIFY_FACTS"
+
+
+def renew_before(facts: dict[str, Any]) -> datetime.timedelta:
+    """spec.pki.renewBefore: a certificate with less than this left fails its row."""
+    return datetime.timedelta(seconds=float(facts["renew_before_seconds"]))
 
 
 def node_name(host: Host) -> str:

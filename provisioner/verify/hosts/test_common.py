@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import datetime
 import stat
+from typing import Any
 
 import pytest
 from testinfra.host import Host
 
 from provisioner import layout
 from provisioner.verify import certs
-from provisioner.verify.hosts.helpers import assert_service
+from provisioner.verify.hosts.helpers import assert_service, renew_before
 
 testinfra_hosts = ["ansible://k8s_cluster"]
 
-CONFIG_DIRS = [layout.DIRS.kube]
+# The kubelet's own renewed client certificate (and its key) are in its certificate dir.
+CONFIG_DIRS = [layout.DIRS.kube, layout.KUBELET_CERT_DIR]
 # A file holding any of these is a secret: private keys, kubeconfigs with client keys, the encryption key.
 SECRET_MARKERS = ["PRIVATE KEY", "client-key-data", "kind: EncryptionConfiguration"]
 SYSCTLS = layout.SYSCTLS
@@ -35,8 +37,9 @@ def _find(host: Host, expression: str) -> list[str]:
     return sorted(line for line in out.splitlines() if line)
 
 
-def test_certificates_valid(host: Host) -> None:
-    """every certificate under the Kubernetes config dir (files and kubeconfigs) is valid now and for 30+ days"""
+def test_certificates_valid(host: Host, facts: dict[str, Any]) -> None:
+    """every certificate under the Kubernetes config dir (files and kubeconfigs) and the kubelet's renewed one
+    is valid now and for longer than spec.pki.renewBefore"""
     now = datetime.datetime.now(datetime.UTC)
     files = _find(host, "-name '*.crt' -o -name '*.pem' -o -name '*.kubeconfig'")
     assert files, "no certificate or kubeconfig found under " + ", ".join(CONFIG_DIRS)
@@ -47,7 +50,7 @@ def test_certificates_valid(host: Host) -> None:
         found = certs.kubeconfig_certs(content.decode()) if path.endswith(".kubeconfig") else certs.read_pem(content)
         seen += len(found)
         for cert in found:
-            problems += certs.validity_problems(path, cert, now)
+            problems += certs.validity_problems(path, cert, now, renew_before(facts))
     assert seen, f"none of {files} holds a certificate"
     assert not problems, "; ".join(problems)
 

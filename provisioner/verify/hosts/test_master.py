@@ -15,6 +15,7 @@ from provisioner.verify.hosts.helpers import (
     assert_service,
     https_get,
     node_name,
+    renew_before,
     running_programs,
     served_certificate_pem,
 )
@@ -106,7 +107,7 @@ def test_no_container_engine(programs: tuple[list[str], set[str]], program: str)
 
 @pytest.mark.parametrize("name", ["apiserver", "etcd-server", "etcd-peer"])
 def test_served_certificate(host: Host, facts: dict[str, Any], name: str) -> None:
-    """the {name} certificate served on its port has the expected names and 30+ days left"""
+    """the {name} certificate served on its port has the expected names and more than spec.pki.renewBefore left"""
     # Where (hostchecks.served): the apiserver on the node address; etcd on loopback when it is a lone
     # member, on the node address when it is one of several.
     where = facts["served"][node_name(host)][name]
@@ -117,5 +118,7 @@ def test_served_certificate(host: Host, facts: dict[str, Any], name: str) -> Non
     wanted = facts["certs"][where["cert"]]
     missing = certs.missing_names(served, wanted["dns"], wanted["ips"])
     assert not missing, f"{name} on {address}:{port} lacks subject alternative names {missing}"
-    problems = certs.validity_problems(f"{name} on {address}:{port}", served, datetime.datetime.now(datetime.UTC))
+    problems = certs.validity_problems(
+        f"{name} on {address}:{port}", served, datetime.datetime.now(datetime.UTC), renew_before(facts)
+    )
     assert not problems, "; ".join(problems)

@@ -10,7 +10,7 @@ from testinfra.host import Host
 
 from provisioner import layout
 from provisioner.verify import certs, probe
-from provisioner.verify.hosts.helpers import assert_listening, assert_service, https_get, node_name
+from provisioner.verify.hosts.helpers import assert_listening, assert_service, https_get, node_name, renew_before
 
 testinfra_hosts = ["ansible://workers"]
 
@@ -77,12 +77,14 @@ def test_image_present(host: Host, facts: dict[str, Any], image: str) -> None:
 
 
 def test_served_certificate(host: Host, facts: dict[str, Any]) -> None:
-    """the kubelet's serving certificate on its port names the node and has 30+ days left"""
+    """the kubelet's serving certificate on its port names the node and has more than spec.pki.renewBefore left"""
     name = node_name(host)
     address = facts["nodes"][name]["address"]
     served = certs.served_certificate(address, KUBELET_PORT)
     wanted = facts["certs"][f"kubelet-server-{name}"]
     missing = certs.missing_names(served, wanted["dns"], wanted["ips"])
     assert not missing, f"kubelet on {address}:{KUBELET_PORT} lacks subject alternative names {missing}"
-    problems = certs.validity_problems(f"kubelet on {address}", served, datetime.datetime.now(datetime.UTC))
+    problems = certs.validity_problems(
+        f"kubelet on {address}", served, datetime.datetime.now(datetime.UTC), renew_before(facts)
+    )
     assert not problems, "; ".join(problems)
