@@ -133,6 +133,9 @@ def group_vars(cluster: Cluster, state: State, artifacts_dir: Path) -> dict[str,
         # Units carry their binary's checksum, so a new binary restarts its service like a new config.
         "artifact_checksums": _checksums(artifacts_dir),
         "pki_dir": str(state.pki_dir),
+        # What the controller-manager signs (the kubelets' own renewed client certificates) lives as long as
+        # what the provisioner issues: spec.pki.leafValidity.
+        "pki_leaf_seconds": int(cluster.spec.pki.leaf.total_seconds()),
         "state_dir": str(state.root),
         # Paths, ports, files and units on the nodes (provisioner/layout.py); roles derive their defaults from it.
         "layout": layout.group_vars(),
