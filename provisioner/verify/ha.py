@@ -175,9 +175,13 @@ class AdminProbe(threading.Thread):
         self.join(timeout=60)
 
     def longest_gap(self, since: float, until: float) -> float:
-        """The longest time without an answered request within [since, until]."""
-        marks = [since, *(t for t in self.successes if since < t < until), until]
-        return max(b - a for a, b in itertools.pairwise(marks))
+        return longest_gap(self.successes, since, until)
+
+
+def longest_gap(answered: Sequence[float], since: float, until: float) -> float:
+    """The longest time without an answered request within [since, until] (monotonic times)."""
+    marks = [since, *(t for t in answered if since < t < until), until]
+    return max(b - a for a, b in itertools.pairwise(marks))
 
 
 # klog's header: severity letter, MMDD, time (agnhost inclusterclient logs "calling /healthz" before each

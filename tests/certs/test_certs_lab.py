@@ -23,7 +23,7 @@ from provisioner.artifacts import image_names
 from provisioner.cli import app
 from provisioner.errors import ProvisionerError
 from provisioner.events import EventBus
-from provisioner.verify import run
+from provisioner.verify import ha, run
 from provisioner.verify.kube import http_get
 from provisioner.verify.lab import agnhost_deployment, service
 from provisioner.verify.report import FAILED
@@ -68,10 +68,6 @@ class Probe(threading.Thread):
     def stop(self) -> None:
         self.done.set()
         self.join(timeout=60)
-
-    def longest_gap(self, since: float, until: float) -> float:
-        marks = [since, *(t for t in self.answered if since < t < until), until]
-        return max(b - a for a, b in itertools.pairwise(marks))
 
 
 def test_two_hour_leaves_show_in_certs_with_the_time_they_have_left(certs_lab: CertsLab) -> None:
@@ -125,7 +121,7 @@ def test_renew_all_keeps_a_service_answering_and_gives_every_certificate_a_new_e
     print(f"\n`certs renew --all`: {ended - started:.0f}s; said:\n{done.output[-1500:]}")
     assert done.exit_code == 0, done.output
     assert "one host at a time" in done.output
-    gap = api.longest_gap(started, ended)
+    gap = ha.longest_gap(api.answered, started, ended)
     print(
         f"the Service through each worker's NodePort: {len(answering.answered)} answered, "
         f"{len(answering.failures)} failed {answering.failures[:3]}; the API from the admin machine: longest gap "
