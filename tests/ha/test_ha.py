@@ -6,19 +6,25 @@ Durations and the rows' details are printed (./run-tests --ha runs pytest with -
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 
 import pytest
 from halab import HaLab
 
-from provisioner import artifacts, backup, endpoints, forwarder, layout, lifecycle, replace, spec
+from provisioner import artifacts, backup, certs, endpoints, forwarder, layout, lifecycle, renewal, replace, spec
 from provisioner.events import EventBus
 from provisioner.providers import for_cluster
 from provisioner.verify import ha, run
+from provisioner.verify.lab import Lab
 from provisioner.verify.report import FAILED, PASSED
 
 pytestmark = [pytest.mark.ha]
+
+# One request a second from the admin machine, each bounded at 10 s: a longer gap than this means the API was
+# down while a master restarted, which rolling restarts must not allow.
+RENEW_GAP_LIMIT = 15.0
 
 
 def test_three_masters_one_etcd_cluster_every_apiserver_and_one_leader_each(ha_lab: HaLab) -> None:
@@ -174,6 +180,42 @@ def test_a_restore_brings_back_what_the_backup_holds_and_the_cluster_passes_veri
         print(f"{r.seconds:8.1f}s  {r.result:<7} {r.check}: {r.detail}")
     assert report.ok, "\n".join(f"{r.check}: {r.detail}" for r in report.failed)
     kubectl.run("delete", "namespace", "deleted-after-backup", "--wait=false")
+
+
+def test_certs_renew_all_restarts_one_master_at_a_time_and_the_api_stays_up(ha_lab: HaLab) -> None:
+    """Every leaf renewed while the admin machine writes and reads through its balancer once a second."""
+    cluster, state = ha_lab.cluster, ha_lab.state
+    nodes = [n.name for n in cluster.spec.nodes]
+    found = certs.from_nodes(ha_lab.ssh(), nodes)
+    before = {(f.where, f.file): f.cert for f in found if isinstance(f, certs.Found)}
+    everything = renewal.choose(cluster, [], everything=True)
+    planned = renewal.plan(cluster, state, everything, found, datetime.datetime.now(datetime.UTC))
+    assert planned.rolling, planned.describe()
+    kubectl = ha_lab.admin()
+    kubectl.run("create", "namespace", "renew-probe")
+    lab = Lab(cluster, kubectl, ha_lab.ssh(), ha_lab.prefix, "")
+    probe = ha.AdminProbe(lab, "renew-probe")
+    probe.start()
+    time.sleep(5)
+    started = time.monotonic()
+    try:
+        result = renewal.renew(cluster, state, EventBus(), planned)
+    finally:
+        ended = time.monotonic()
+        probe.stop()
+    gap = probe.longest_gap(started, ended)
+    print(
+        f"\ncerts renew --all on {len(cluster.masters)} masters: {ended - started:.0f}s; the admin machine's "
+        f"longest gap {gap:.1f}s, {len(probe.successes)} answered, {len(probe.failures)} failed {probe.failures[:3]}"
+    )
+    assert gap <= RENEW_GAP_LIMIT, f"the API did not answer the admin machine for {gap:.0f}s: {probe.failures[:3]}"
+    assert {r.name for r in result.renewed} == set(everything)
+    after = {(f.where, f.file): f.cert for f in certs.from_nodes(ha_lab.ssh(), nodes) if isinstance(f, certs.Found)}
+    for key, old in before.items():
+        if old.is_ca or key[1] == layout.KUBELET_ROTATED_CLIENT:
+            continue
+        assert after[key].serial != old.serial and after[key].not_after >= old.not_after, key
+    kubectl.run("delete", "namespace", "renew-probe", "--wait=false")
 
 
 def test_a_destroyed_master_is_replaced_and_nothing_is_lost(ha_lab: HaLab) -> None:
