@@ -13,7 +13,6 @@ import datetime
 import itertools
 import json
 import re
-import threading
 import time
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ from provisioner.verify.kube import CheckFailed, NotYet, Ssh, wait_for
 from provisioner.verify.lab import (
     POD_READY_TIMEOUT,
     ClusterCheck,
+    EverySecond,
     Lab,
     Skip,
     agnhost_deployment,
@@ -135,53 +135,28 @@ def power_cycle_back(lab: Lab, nodes: Sequence[Node]) -> None:
 # --- requests during an outage -------------------------------------------------------------------------
 
 
-class AdminProbe(threading.Thread):
+class AdminProbe(EverySecond):
     """From the admin machine, a write (a new ConfigMap) and a read of it, once a second, each bounded."""
 
     def __init__(self, lab: Lab, namespace: str) -> None:
-        super().__init__(daemon=True, name="admin-api-probe")
+        super().__init__("admin-api-probe", self.write_and_read, PROBE_INTERVAL)
         self.lab, self.namespace = lab, namespace
-        self.done = threading.Event()
-        self.successes: list[float] = []  # monotonic times of the requests that were answered
-        self.failures: list[str] = []
 
-    def run(self) -> None:
-        n = 0
-        while not self.done.is_set():
-            started = time.monotonic()
-            n += 1
-            name = f"probe-{n}"
-            try:
-                self.lab.kubectl.run(
-                    "-n",
-                    self.namespace,
-                    "create",
-                    "configmap",
-                    name,
-                    f"--from-literal=n={n}",
-                    "--request-timeout=10s",
-                    timeout=20,
-                )
-                self.lab.kubectl.run(
-                    "-n", self.namespace, "get", "configmap", name, "-o", "name", "--request-timeout=10s", timeout=20
-                )
-                self.successes.append(time.monotonic())
-            except ProvisionerError as exc:
-                self.failures.append(exc.message()[:200])
-            self.done.wait(max(0.0, PROBE_INTERVAL - (time.monotonic() - started)))
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(timeout=60)
-
-    def longest_gap(self, since: float, until: float) -> float:
-        return longest_gap(self.successes, since, until)
-
-
-def longest_gap(answered: Sequence[float], since: float, until: float) -> float:
-    """The longest time without an answered request within [since, until] (monotonic times)."""
-    marks = [since, *(t for t in answered if since < t < until), until]
-    return max(b - a for a, b in itertools.pairwise(marks))
+    def write_and_read(self, n: int) -> None:
+        name = f"probe-{n}"
+        self.lab.kubectl.run(
+            "-n",
+            self.namespace,
+            "create",
+            "configmap",
+            name,
+            f"--from-literal=n={n}",
+            "--request-timeout=10s",
+            timeout=20,
+        )
+        self.lab.kubectl.run(
+            "-n", self.namespace, "get", "configmap", name, "-o", "name", "--request-timeout=10s", timeout=20
+        )
 
 
 # klog's header: severity letter, MMDD, time (agnhost inclusterclient logs "calling /healthz" before each
@@ -279,7 +254,7 @@ def check_master_loss(lab: Lab) -> str:
     if pod_gap > POD_GAP_LIMIT:
         problems.append(f"the pod went {pod_gap:.0f}s without an answer (limit {POD_GAP_LIMIT:.0f}s)")
     detail = (
-        f"{victim.name} powered off; admin machine: {len(probe.successes)} write+read answered, "
+        f"{victim.name} powered off; admin machine: {len(probe.answered)} write+read answered, "
         f"{len(probe.failures)} failed, longest gap {admin_gap:.1f}s; pod via the kubernetes Service: {answered} "
         f"answered, {failed} failed, longest gap {pod_gap:.1f}s; leases {before} -> {after}; a Deployment made "
         f"during the outage Ready after {scheduled:.0f}s; etcd {_describe_health(health)} during, "

@@ -8,8 +8,10 @@ Timeouts are generous because the lab may run under software emulation (see LAB-
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import secrets
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner import endpoints
+from provisioner.errors import ProvisionerError
 from provisioner.kube import Kubectl
 from provisioner.providers.base import Provider
 from provisioner.spec import Cluster, Node
@@ -247,3 +250,38 @@ def dial(lab: Lab, ns: str, pod: str, host: str, port: int, tries: int) -> dict[
 def client_pod(lab: Lab, ns: str) -> dict[str, Any]:
     deploy(lab, ns, [agnhost_deployment("client", lab.agnhost_image)])
     return wait_ready_pods(lab, ns, "client", 1)[0]
+
+
+class EverySecond(threading.Thread):
+    """Calls `request(n)` once an interval until stopped, keeping when each was answered (monotonic time) and
+    why each failed (a ProvisionerError or OSError): the requests a row or a lab test runs during an outage."""
+
+    def __init__(self, name: str, request: Callable[[int], object], interval: float = 1.0) -> None:
+        super().__init__(daemon=True, name=name)
+        self.request, self.interval = request, interval
+        self.done = threading.Event()
+        self.answered: list[float] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        for n in itertools.count(1):
+            if self.done.is_set():
+                return
+            started = time.monotonic()
+            try:
+                self.request(n)
+                self.answered.append(time.monotonic())
+            except ProvisionerError as exc:
+                self.failures.append(exc.message()[:200])
+            except OSError as exc:
+                self.failures.append(str(exc)[:200])
+            self.done.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=60)
+
+    def longest_gap(self, since: float, until: float) -> float:
+        """The longest time without an answered request within [since, until]."""
+        marks = [since, *(t for t in self.answered if since < t < until), until]
+        return max(b - a for a, b in itertools.pairwise(marks))

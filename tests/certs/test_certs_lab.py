@@ -8,10 +8,7 @@ Durations and figures are printed (./run-tests --certs runs pytest with -s).
 from __future__ import annotations
 
 import datetime
-import itertools
-import threading
 import time
-from collections.abc import Callable
 
 import pytest
 import yaml
@@ -23,9 +20,9 @@ from provisioner.artifacts import image_names
 from provisioner.cli import app
 from provisioner.errors import ProvisionerError
 from provisioner.events import EventBus
-from provisioner.verify import ha, run
+from provisioner.verify import run
 from provisioner.verify.kube import http_get
-from provisioner.verify.lab import agnhost_deployment, service
+from provisioner.verify.lab import EverySecond, agnhost_deployment, service
 from provisioner.verify.report import FAILED
 
 pytestmark = [pytest.mark.certs]
@@ -41,33 +38,6 @@ def _installed(lab: CertsLab) -> dict[tuple[str, str], certs.CertFacts]:
     unreadable = [f for f in found if isinstance(f, certs.Unreadable)]
     assert not unreadable, unreadable
     return {(f.where, f.file): f.cert for f in found if isinstance(f, certs.Found)}
-
-
-class Probe(threading.Thread):
-    """One request a second until stopped; the times of the answered ones and the failures."""
-
-    def __init__(self, name: str, request: Callable[[int], object]) -> None:
-        super().__init__(daemon=True, name=name)
-        self.request = request
-        self.done = threading.Event()
-        self.answered: list[float] = []
-        self.failures: list[str] = []
-
-    def run(self) -> None:
-        for n in itertools.count():
-            if self.done.is_set():
-                return
-            started = time.monotonic()
-            try:
-                self.request(n)
-                self.answered.append(time.monotonic())
-            except (ProvisionerError, OSError) as exc:
-                self.failures.append(str(exc)[:200])
-            self.done.wait(max(0.0, 1.0 - (time.monotonic() - started)))
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(timeout=60)
 
 
 def test_two_hour_leaves_show_in_certs_with_the_time_they_have_left(certs_lab: CertsLab) -> None:
@@ -106,7 +76,7 @@ def test_renew_all_keeps_a_service_answering_and_gives_every_certificate_a_new_e
     def through_the_api(n: int) -> None:
         kubectl.run("get", "--raw", "/readyz", "--request-timeout=5s", timeout=20)
 
-    answering, api = Probe("service", through_the_service), Probe("api", through_the_api)
+    answering, api = EverySecond("service", through_the_service), EverySecond("api", through_the_api)
     answering.start()
     api.start()
     time.sleep(5)
@@ -121,7 +91,7 @@ def test_renew_all_keeps_a_service_answering_and_gives_every_certificate_a_new_e
     print(f"\n`certs renew --all`: {ended - started:.0f}s; said:\n{done.output[-1500:]}")
     assert done.exit_code == 0, done.output
     assert "one host at a time" in done.output
-    gap = ha.longest_gap(api.answered, started, ended)
+    gap = api.longest_gap(started, ended)
     print(
         f"the Service through each worker's NodePort: {len(answering.answered)} answered, "
         f"{len(answering.failures)} failed {answering.failures[:3]}; the API from the admin machine: longest gap "

@@ -206,7 +206,7 @@ def test_certs_renew_all_restarts_one_master_at_a_time_and_the_api_stays_up(ha_l
     gap = probe.longest_gap(started, ended)
     print(
         f"\ncerts renew --all on {len(cluster.masters)} masters: {ended - started:.0f}s; the admin machine's "
-        f"longest gap {gap:.1f}s, {len(probe.successes)} answered, {len(probe.failures)} failed {probe.failures[:3]}"
+        f"longest gap {gap:.1f}s, {len(probe.answered)} answered, {len(probe.failures)} failed {probe.failures[:3]}"
     )
     assert gap <= RENEW_GAP_LIMIT, f"the API did not answer the admin machine for {gap:.0f}s: {probe.failures[:3]}"
     assert {r.name for r in result.renewed} == set(everything)

@@ -33,7 +33,7 @@ def test_a_pod_log_without_two_answers_has_no_finite_gap() -> None:
 
 def test_the_admin_gap_counts_the_edges_of_the_window() -> None:
     probe = ha.AdminProbe.__new__(ha.AdminProbe)
-    probe.successes = [1.0, 2.0, 3.0, 30.0, 31.0]
+    probe.answered = [1.0, 2.0, 3.0, 30.0, 31.0]
     assert probe.longest_gap(2.5, 40.0) == 27.0  # 3.0 -> 30.0
     assert probe.longest_gap(31.5, 50.0) == 18.5  # nothing answered after the cut: the whole window
 
