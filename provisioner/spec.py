@@ -784,7 +784,7 @@ def semantic_problems(cluster: Cluster, base_dir: Path | None = None) -> list[st
     """Checks that span fields: counts, uniqueness, subnets, versions, static host reachability data."""
     spec = cluster.spec
     return [
-        *_version_problems(spec.kubernetes.version),
+        *version_problems(spec.kubernetes.version),
         *_role_problems(spec.nodes),
         *_node_problems(spec, base_dir),
         *_subnet_problems(spec),
@@ -808,7 +808,7 @@ def _pki_problems(pki: PkiSpec) -> list[str]:
     return []
 
 
-def _version_problems(version: str) -> list[str]:
+def version_problems(version: str) -> list[str]:
     if not VERSION_PATTERN.match(version):
         return [
             f"spec.kubernetes.version: {_show(version)} is not of the form vMAJOR.MINOR.PATCH; "

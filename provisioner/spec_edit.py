@@ -127,6 +127,18 @@ def set_master_count(path: Path, count: int) -> ScalePlan:
     return _rewrite(path, plan_masters(spec.load(path), count), [])
 
 
+def set_version(path: Path, version: str) -> bool:
+    """Write spec.kubernetes.version (what `upgrade --to` does once its preflight passed); False if it was."""
+    y = _yaml()
+    doc = y.load(path.read_text(encoding="utf-8"))
+    kubernetes = doc["spec"].setdefault("kubernetes", {})
+    if kubernetes.get("version") == version:
+        return False
+    kubernetes["version"] = version
+    _write(path, y, doc)
+    return True
+
+
 def _rewrite(path: Path, to_add: list[dict[str, Any]], to_remove: list[str]) -> ScalePlan:
     if not to_add and not to_remove:
         return ScalePlan()
@@ -140,9 +152,14 @@ def _rewrite(path: Path, to_add: list[dict[str, Any]], to_remove: list[str]) -> 
         # After the last node of its role, so masters stay listed together (and masters[0] stays first).
         same = [i for i, n in enumerate(nodes) if n.get("role") == entry["role"]]
         nodes.insert(same[-1] + 1 if same else len(nodes), copy.deepcopy(entry))
+    _write(path, y, doc)
+    return ScalePlan(added=[e["name"] for e in to_add], removed=to_remove)
+
+
+def _write(path: Path, y: YAML, doc: Any) -> None:
+    """The edited document back into the file, comments and order kept; never a spec that does not load."""
     buffer = io.StringIO()
     y.dump(doc, buffer)
     text = buffer.getvalue()
-    spec.parse(YAML(typ="safe").load(text), where=str(path), base_dir=path.parent)  # never write a broken spec
+    spec.parse(YAML(typ="safe").load(text), where=str(path), base_dir=path.parent)
     path.write_text(text, encoding="utf-8")
-    return ScalePlan(added=[e["name"] for e in to_add], removed=to_remove)

@@ -16,6 +16,7 @@ from provisioner.certs import expiry_warning
 from provisioner.cli import access, artifacts, box, cluster, drift, secrets, verify
 from provisioner.cli import backup as backup_cli
 from provisioner.cli import certs as certs_cli
+from provisioner.cli import upgrade as upgrade_cli
 from provisioner.cli.render import SpecOption, cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.errors import MachineError, ProvisionerError, SpecError
 from provisioner.events import EventBus
@@ -79,6 +80,7 @@ app.command("reset")(cluster.reset)
 app.command("replace-master")(cluster.replace_master)
 app.command("verify")(verify.verify)
 app.command("drift")(drift.drift)
+app.command("upgrade")(upgrade_cli.upgrade_cmd)
 app.command("backup")(backup_cli.backup)
 app.command("restore")(backup_cli.restore)
 app.command("kubeconfig")(access.kubeconfig)
