@@ -56,7 +56,19 @@ def test_an_upgrade_stopped_by_a_budget_continues_and_the_service_answers_throug
         "metadata": {"name": "guarded"},
         "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}},
     }
-    docs = [agnhost_deployment("load", image, 2, spread=True), service("load", "NodePort"), guarded, budget]
+    # The load's own budget lets one of its two pods go at a time: a drain waits for the other to be back.
+    load_budget = {
+        **budget,
+        "metadata": {"name": "load"},
+        "spec": {**budget["spec"], "selector": {"matchLabels": {"app": "load"}}},
+    }  # type: ignore[dict-item]
+    docs = [
+        agnhost_deployment("load", image, 2, spread=True),
+        service("load", "NodePort"),
+        load_budget,
+        guarded,
+        budget,
+    ]
     kubectl.run("create", "namespace", NS)
     kubectl.run("apply", "-f", "-", input=yaml.safe_dump_all([_doc(d, NS) for d in docs]))
     for name in ("load", "guarded"):
