@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
+from pathlib import PurePosixPath
 
 import pytest
 from halab import HaLab
@@ -25,6 +26,8 @@ pytestmark = [pytest.mark.ha]
 # One request a second from the admin machine, each bounded at 10 s: a longer gap than this means the API was
 # down while a master restarted, which rolling restarts must not allow.
 RENEW_GAP_LIMIT = 15.0
+# How the etcd-quorum row's promise is broken by hand: a drop-in that keeps etcd from starting.
+KEPT_DOWN = PurePosixPath("/etc/systemd/system/etcd.service.d/kept-down-by-test.conf")
 
 
 def test_three_masters_one_etcd_cluster_every_apiserver_and_one_leader_each(ha_lab: HaLab) -> None:
@@ -112,21 +115,25 @@ def test_master_loss_fails_when_the_admin_machine_can_reach_only_the_lost_master
 def test_etcd_quorum_fails_when_the_returning_master_does_not_start_its_member(
     ha_lab: HaLab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The promise broken by hand: etcd masked on the master the row brings back first, so the
+    """The promise broken by hand: etcd kept from starting on the master the row brings back first, so the
     quorum cannot come back by itself. The row's bound on that is shortened to 300 s (it passed in about
     130 s on this lab) only so the failure is seen sooner; the row must say what it waited for."""
     ssh = ha_lab.ssh()
     masters = ha_lab.cluster.masters
     returning = masters[1]
-    # Masked, not only disabled: the apiserver's unit wants etcd and would start it at boot (seen: a disabled
-    # etcd came back with the apiserver and the row passed). sync: the power is cut, not shut down.
-    ssh.run(returning.name, "systemctl mask etcd && sync")
+    # A drop-in whose condition never holds: neither the boot nor the apiserver's Wants= starts etcd (a
+    # disabled etcd came back with the apiserver; `systemctl mask` refuses a unit whose file is in /etc).
+    # sync: the power is cut, not shut down.
+    ssh.run(
+        returning.name,
+        f"mkdir -p {KEPT_DOWN.parent} && printf '[Unit]\\nConditionPathExists=/nonexistent\\n' > {KEPT_DOWN} && sync",
+    )
     monkeypatch.setattr(ha, "REJOIN_TIMEOUT", 300.0)
     try:
         report = run(ha_lab.cluster, ha_lab.state, EventBus(), ["etcd-quorum"])
     finally:
         ssh = ha_lab.ssh()
-        ssh.run(returning.name, "systemctl unmask etcd && systemctl start etcd", timeout=600)
+        ssh.run(returning.name, f"rm -f {KEPT_DOWN} && systemctl daemon-reload && systemctl start etcd", timeout=600)
         deadline = time.monotonic() + 600
         while not all((health := ha.etcd_health_via(ssh, ha_lab.cluster, masters[0])).values()):
             assert time.monotonic() < deadline, f"etcd not healthy again after the broken run: {health}"
