@@ -197,3 +197,25 @@ def test_the_cli_refuses_an_unknown_name_before_anything_changes(
     neither = CliRunner().invoke(app, ["certs", "renew"])
     assert neither.exit_code == 1 and "names no certificate" in neither.output
     assert _snapshot(issued) == before
+
+
+def test_a_new_kubelet_unit_drops_what_the_kubelet_renewed_itself_before_it_restarts(tmp_path: Path) -> None:
+    role = runner.PLAYBOOK_DIR / "roles" / "kubelet"
+    handlers = [h["name"] for h in yaml.safe_load((role / "handlers" / "main.yml").read_text())]
+    drop = "Drop the client certificates the kubelet renewed itself"
+    assert handlers.index(drop) < handlers.index("Restart kubelet")  # handlers run in the order written
+    unit = next(t for t in yaml.safe_load((role / "tasks" / "main.yml").read_text()) if t["name"] == "Systemd unit")
+    assert unit["notify"] == [drop, "Restart kubelet"]
+    # The handler's command on a certificate dir as the kubelet leaves it: the link and what it points at go.
+    shell = yaml.safe_load((role / "handlers" / "main.yml").read_text())[0]["ansible.builtin.shell"]["cmd"]
+    pki_dir = tmp_path / "pki"
+    pki_dir.mkdir()
+    (pki_dir / "kubelet-client-2026-12-02-12-00-00.pem").write_text("cert and key")
+    (pki_dir / "kubelet-client-current.pem").symlink_to(pki_dir / "kubelet-client-2026-12-02-12-00-00.pem")
+    (pki_dir / "kubelet.crt").write_text("serving")
+    script = shell.replace("{{ layout.kubelet_cert_dir }}", str(pki_dir))
+    removed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30).stdout
+    assert sorted(p.name for p in pki_dir.iterdir()) == ["kubelet.crt"]
+    assert len(removed.split()) == 2
+    again = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30).stdout
+    assert again == ""  # nothing left: reported unchanged
