@@ -36,6 +36,7 @@ import yaml
 
 from provisioner.errors import ProvisionerError, ToolMissing
 from provisioner.paths import REPO_ROOT
+from provisioner.processes import alive
 from provisioner.state import State
 
 LOOPBACK = "127.0.0.1"
@@ -144,7 +145,7 @@ def stop(state: State) -> bool:
         os.killpg(fwd.pid, signal.SIGTERM)  # haproxy and anything it started
     deadline = time.monotonic() + 5
     # Until the port is free too: haproxy's first thread can exit (a zombie) while others still hold it.
-    while (_alive(fwd.pid) or not _free(fwd.port)) and time.monotonic() < deadline:
+    while (alive(fwd.pid) or not _free(fwd.port)) and time.monotonic() < deadline:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(fwd.pid, signal.SIGKILL)
@@ -186,21 +187,7 @@ def _is_ours(fwd: Forwarder, config_file: Path) -> bool:
         argv = Path(f"/proc/{fwd.pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return str(config_file).encode() in argv and _alive(fwd.pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by us) counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return str(config_file).encode() in argv and alive(fwd.pid)
 
 
 def _accepts(port: int) -> bool:

@@ -43,6 +43,7 @@ from provisioner.errors import ProvisionerError
 from provisioner.events import EventBus, Phase, Warning
 from provisioner.hosts import NodeCommandError, Ssh
 from provisioner.kube import Kubectl, KubectlError
+from provisioner.processes import alive
 from provisioner.spec import VERSION_PATTERN, Cluster, Node
 from provisioner.state import State
 from provisioner.verify.ha import etcd_health_via
@@ -257,23 +258,13 @@ class Holder:
         return self.host == host and not alive(self.pid)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def acquire(kubectl: Kubectl, target: str) -> Holder:
     namespace = kubectl.json("get", "namespace", LOCK_NAMESPACE)
     held = (namespace["metadata"].get("annotations") or {}).get(LOCK_ANNOTATION)
     me = Holder(target, socket.gethostname(), os.getpid(), datetime.datetime.now(datetime.UTC).isoformat())
     if held is not None:
         holder = Holder.parse(held)
-        if holder is None or not holder.gone(me.host, _alive):
+        if holder is None or not holder.gone(me.host, alive):
             who = (
                 f"an upgrade to {holder.to} by {holder.host} (pid {holder.pid}) since {holder.since}"
                 if holder

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.errors import MachineError, ToolMissing
+from provisioner.processes import alive
 
 SYSTEM_URI = "qemu:///system"
 SYSTEM_SOCKET = Path("/var/run/libvirt/libvirt-sock")
@@ -142,7 +143,7 @@ class LabNamespace:
             in_ns = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(NETNS_DIR / self.name).st_ino
         except OSError:
             return None
-        return pid if comm == daemon and _alive(pid) and in_ns else None
+        return pid if comm == daemon and alive(pid) and in_ns else None
 
     def running(self) -> bool:
         return self.exists() and all(self.daemon_pid(d) is not None for d in DAEMONS)
@@ -356,20 +357,12 @@ def _terminate(pids: list[int], timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.2)
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _ip(*args: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import hosts, inventory, paths, preflight, spec
+from provisioner import hosts, inventory, paths, preflight, processes, spec
 from provisioner.events import EventBus, Recorder
 from provisioner.providers import for_cluster, netns
 from provisioner.providers.vagrant import VagrantLab
@@ -144,6 +144,6 @@ def _processes(names: set[str]) -> list[str]:
             except OSError:
                 continue
             # an exited daemon stays a zombie until PID 1 reaps it (slowly, on machines without systemd)
-            if comm in names and netns._alive(int(proc.name)):
+            if comm in names and processes.alive(int(proc.name)):
                 found.append(f"{proc.name}:{comm}")
     return found
