@@ -23,7 +23,7 @@ from provisioner.errors import ProvisionerError
 from provisioner.kube import Kubectl
 from provisioner.providers.base import Provider
 from provisioner.spec import Cluster, Node
-from provisioner.verify.kube import NotYet, Ssh, wait_for
+from provisioner.verify.kube import NotYet, Ssh, http_get, wait_for
 
 HTTP_PORT = 8080
 # Long enough for a pod to start on an emulated worker (image already imported, no pull).
@@ -285,3 +285,18 @@ class EverySecond(threading.Thread):
         """The longest time without an answered request within [since, until]."""
         marks = [since, *(t for t in self.answered if since < t < until), until]
         return max(b - a for a, b in itertools.pairwise(marks))
+
+
+def service_and_api_probes(
+    kubectl: Kubectl, prefix: Sequence[str], addresses: Sequence[str], port: int
+) -> tuple[EverySecond, EverySecond]:
+    """Not started: a GET through a NodePort (each address in turn, from inside the lab) and the API's /readyz
+    from the admin machine, each once a second: what a lab test runs while it renews or upgrades."""
+
+    def through_the_service(n: int) -> None:
+        http_get(prefix, f"http://{addresses[n % len(addresses)]}:{port}/hostname", timeout=5)
+
+    def through_the_api(n: int) -> None:
+        kubectl.run("get", "--raw", "/readyz", "--request-timeout=5s", timeout=20)
+
+    return EverySecond("service", through_the_service), EverySecond("api", through_the_api)

@@ -21,8 +21,7 @@ from provisioner.cli import app
 from provisioner.errors import ProvisionerError
 from provisioner.events import EventBus
 from provisioner.verify import run
-from provisioner.verify.kube import http_get
-from provisioner.verify.lab import EverySecond, agnhost_deployment, service
+from provisioner.verify.lab import agnhost_deployment, service, service_and_api_probes
 from provisioner.verify.report import FAILED
 
 pytestmark = [pytest.mark.certs]
@@ -69,14 +68,7 @@ def test_renew_all_keeps_a_service_answering_and_gives_every_certificate_a_new_e
     workers = certs_lab.cluster.workers
     before = _installed(certs_lab)
 
-    def through_the_service(n: int) -> None:
-        worker = workers[n % len(workers)]
-        http_get(certs_lab.first_up.prefix, f"http://{worker.address}:{port}/hostname", timeout=5)
-
-    def through_the_api(n: int) -> None:
-        kubectl.run("get", "--raw", "/readyz", "--request-timeout=5s", timeout=20)
-
-    answering, api = EverySecond("service", through_the_service), EverySecond("api", through_the_api)
+    answering, api = service_and_api_probes(kubectl, certs_lab.first_up.prefix, [str(w.address) for w in workers], port)
     answering.start()
     api.start()
     time.sleep(5)

@@ -22,8 +22,7 @@ from provisioner.kube import Kubectl
 from provisioner.lifecycle import UpResult
 from provisioner.state import State
 from provisioner.verify import run
-from provisioner.verify.kube import http_get
-from provisioner.verify.lab import EverySecond, agnhost_deployment, service
+from provisioner.verify.lab import agnhost_deployment, service, service_and_api_probes
 
 pytestmark = [pytest.mark.upgrade]
 
@@ -76,13 +75,7 @@ def test_an_upgrade_stopped_by_a_budget_continues_and_the_service_answers_throug
     port = kubectl.json("-n", NS, "get", "service", "load")["spec"]["ports"][0]["nodePort"]
     workers = cluster.workers
 
-    def through_the_service(n: int) -> None:
-        http_get(first.prefix, f"http://{workers[n % len(workers)].address}:{port}/hostname", timeout=5)
-
-    def through_the_api(n: int) -> None:
-        kubectl.run("get", "--raw", "/readyz", "--request-timeout=5s", timeout=20)
-
-    answering, api = EverySecond("service", through_the_service), EverySecond("api", through_the_api)
+    answering, api = service_and_api_probes(kubectl, first.prefix, [str(w.address) for w in workers], port)
     answering.start()
     api.start()
     time.sleep(5)
