@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from provisioner import certs, lifecycle, pki, providers
+from provisioner import certs, layout, lifecycle, pki, providers
 from provisioner.errors import ProvisionerError
 from provisioner.events import EventBus, Phase
 from provisioner.spec import Cluster
@@ -132,6 +132,7 @@ def renew(
     """Issue, install, restart (see the module's doc), then check that every copy is the new one."""
     started = time.monotonic()
     before = _admin_copies(state, planned.names)
+    began = now or datetime.datetime.now(datetime.UTC)
     with Phase(bus, "renew certificates", planned.describe()) as phase:
         made = pki.ensure(cluster, state, now=now, renew=planned.names)
         after = _admin_copies(state, pki.leaf_names(cluster))
@@ -140,7 +141,7 @@ def renew(
     with Phase(bus, "check renewed copies", "the nodes and the admin machine") as phase:
         ssh = providers.node_ssh(cluster, state, bus)
         found = certs.admin_files(state) + certs.from_nodes(ssh, [n.name for n in cluster.spec.nodes])
-        old = stale(found, list(after.values()), [after[n] for n in planned.names])
+        old = stale(found, list(after.values()), [after[n] for n in planned.names], began)
         if old:
             raise RenewError(
                 "certs renew",
@@ -160,17 +161,27 @@ def stale(
     found: Sequence[certs.Found | certs.Unreadable],
     current: Sequence[certs.CertFacts],
     renewed: Sequence[certs.CertFacts],
+    since: datetime.datetime,
 ) -> list[certs.Found]:
     """Installed certificates with a renewed one's subject, issuer and names that are none of the admin
-    machine's current certificates (two leaves may look alike: a lone etcd member's server and peer)."""
+    machine's current certificates (two leaves may look alike: a lone etcd member's server and peer).
+
+    The kubelet's own renewed client certificate is the exception: a kubelet given a new kubeconfig writes
+    its certificate into its certificate dir and at once asks the controller-manager for one of its own
+    (seen on the lab), so there it is new when it was issued after `since`, when the renewal began (the
+    signer backdates like pki.BACKDATE)."""
     serials: dict[tuple[str, str, tuple[str, ...]], set[int]] = {}
     for cert in current:
         serials.setdefault(cert.identity, set()).add(cert.serial)
     wanted = {c.identity for c in renewed}
+    signed_since = since - pki.BACKDATE - datetime.timedelta(minutes=1)
     return [
         f
         for f in found
-        if isinstance(f, certs.Found) and f.cert.identity in wanted and f.cert.serial not in serials[f.cert.identity]
+        if isinstance(f, certs.Found)
+        and f.cert.identity in wanted
+        and f.cert.serial not in serials[f.cert.identity]
+        and not (f.file == layout.KUBELET_ROTATED_CLIENT and f.cert.not_before >= signed_since)
     ]
 
 

@@ -3,6 +3,7 @@ keys from the same CA, rolling or all at once, and the check that finds a copy l
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ import yaml
 from cryptography import x509
 from typer.testing import CliRunner
 
-from provisioner import certs, inventory, lifecycle, paths, pki, renewal, runner, spec
+from provisioner import certs, inventory, layout, lifecycle, paths, pki, renewal, runner, spec
 from provisioner.cli import app
 from provisioner.state import State
 
@@ -146,9 +147,26 @@ def test_a_copy_left_behind_is_found_and_look_alike_leaves_are_not_mistaken_for_
         _found("master-1", "pki/etcd-server.crt", server_new),
         _found("master-1", "pki/etcd-peer.crt", peer),  # not renewed: still current
     ]
-    assert renewal.stale(installed, current, [server_new]) == []
+    assert renewal.stale(installed, current, [server_new], NOW) == []
     left_behind = _found("master-1", "pki/etcd-server.crt", server_old)
-    assert renewal.stale([*installed, left_behind], current, [server_new]) == [left_behind]
+    assert renewal.stale([*installed, left_behind], current, [server_new], NOW) == [left_behind]
+
+
+def test_the_kubelets_own_certificate_is_new_when_signed_after_the_renewal_began(
+    cluster: spec.Cluster, issued: State
+) -> None:
+    """A kubelet given a new kubeconfig at once asks the controller-manager for a certificate of its own."""
+    old = _facts(issued, "kubelet-worker-1")
+    began = datetime.datetime.now(datetime.UTC)
+    pki.ensure(cluster, issued, renew=("kubelet-worker-1",))
+    new = _facts(issued, "kubelet-worker-1")
+    current = [_facts(issued, name) for name in pki.leaf_names(cluster)]
+    signed = dataclasses.replace(new, serial=new.serial + 1)  # same subject, another serial: the signer's
+    rotated = _found("worker-1", layout.KUBELET_ROTATED_CLIENT, signed)
+    assert renewal.stale([rotated], current, [new], began) == []
+    before = dataclasses.replace(old, serial=old.serial)
+    kept = _found("worker-1", layout.KUBELET_ROTATED_CLIENT, before)  # one it had renewed before: stale
+    assert renewal.stale([kept], current, [new], began + datetime.timedelta(minutes=10)) == [kept]
 
 
 def test_the_node_script_shows_the_kubelets_own_renewed_certificate_and_never_its_key(
