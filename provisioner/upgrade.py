@@ -47,6 +47,7 @@ from provisioner.processes import alive
 from provisioner.spec import VERSION_PATTERN, Cluster, Node
 from provisioner.state import State
 from provisioner.verify.ha import etcd_health_via
+from provisioner.verify.lab import node_ready
 
 LOCK_ANNOTATION = "provisioner.io/upgrade"
 LOCK_NAMESPACE = "kube-system"
@@ -139,20 +140,21 @@ def parse_node_state(node: Node, text: str) -> NodeState:
     return NodeState(node.name, node.role, version, tuple(stale), tuple(down))
 
 
+def read_node(ssh: Ssh, cluster: Cluster, node: Node) -> NodeState:
+    units = [u.name for u in layout.installed_units(node.role, len(cluster.masters))]
+    try:
+        text = ssh.text(node.name, node_script(node.role, units), timeout=120)
+    except NodeCommandError as exc:
+        raise UpgradeError(
+            f"node {node.name}",
+            f"cannot be read over SSH: {exc.cause}",
+            "start it (`provisioner status` shows which are down) or replace it, then run upgrade again",
+        ) from None
+    return parse_node_state(node, text)
+
+
 def read_nodes(ssh: Ssh, cluster: Cluster) -> list[NodeState]:
-    states = []
-    for node in cluster.spec.nodes:
-        units = [u.name for u in layout.installed_units(node.role, len(cluster.masters))]
-        try:
-            text = ssh.text(node.name, node_script(node.role, units), timeout=120)
-        except NodeCommandError as exc:
-            raise UpgradeError(
-                f"node {node.name}",
-                f"cannot be read over SSH: {exc.cause}",
-                "start it (`provisioner status` shows which are down) or replace it, then run upgrade again",
-            ) from None
-        states.append(parse_node_state(node, text))
-    return states
+    return [read_node(ssh, cluster, node) for node in cluster.spec.nodes]
 
 
 # --- the plan ------------------------------------------------------------------------------------------
@@ -346,11 +348,7 @@ def prepare(
     kubectl = _kubectl(cluster, state)
     with Phase(bus, "upgrade preflight", "workers Ready, disruption budgets") as phase:
         listed = kubectl.json("get", "nodes")
-        not_ready = [
-            n["metadata"]["name"]
-            for n in listed["items"]
-            if not any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
-        ]
+        not_ready = [n["metadata"]["name"] for n in listed["items"] if not node_ready(n)[0]]
         if not_ready:
             raise UpgradeError(
                 f"node {', '.join(not_ready)}",
@@ -473,7 +471,7 @@ def wait_ready(kubectl: Kubectl, node: str, version: str, timeout: float) -> Non
         except KubectlError as exc:
             last = exc.cause
         else:
-            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in got["status"].get("conditions", []))
+            ready = node_ready(got)[0]
             kubelet = got["status"].get("nodeInfo", {}).get("kubeletVersion", "")
             if ready and kubelet == version:
                 return
@@ -489,10 +487,7 @@ def wait_ready(kubectl: Kubectl, node: str, version: str, timeout: float) -> Non
 def _restart_stale(cluster: Cluster, state: State, bus: EventBus, name: str) -> None:
     """A service whose binary was replaced but which was not restarted (a run interrupted between the two)."""
     ssh = providers.node_ssh(cluster, state, bus)
-    node = cluster.node(name)
-    units = [u.name for u in layout.installed_units(node.role, len(cluster.masters))]
-    now = parse_node_state(node, ssh.text(name, node_script(node.role, units), timeout=120))
-    for unit in now.stale:
+    for unit in read_node(ssh, cluster, cluster.node(name)).stale:
         ssh.run(name, f"systemctl restart {shlex.quote(unit)}", timeout=300)
 
 
