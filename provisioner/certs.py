@@ -160,6 +160,11 @@ def from_nodes(ssh: Ssh, nodes: Sequence[str], timeout: float = 90) -> list[Foun
         return [item for part in pool.map(read, nodes) for item in part]
 
 
+def everywhere(state: State, ssh: Ssh, nodes: Sequence[str]) -> list[Found | Unreadable]:
+    """What `provisioner certs` lists: the admin machine's own, then every node's as installed."""
+    return admin_files(state) + from_nodes(ssh, nodes)
+
+
 def below(found: Iterable[Found | Unreadable], days: float, now: datetime.datetime) -> list[Found]:
     return [f for f in found if isinstance(f, Found) and f.cert.days_left(now) < days]
 

@@ -140,7 +140,7 @@ def renew(
     up = lifecycle.up(cluster, state, bus, strategy=strategy, rolling=planned.rolling)
     with Phase(bus, "check renewed copies", "the nodes and the admin machine") as phase:
         ssh = providers.node_ssh(cluster, state, bus)
-        found = certs.admin_files(state) + certs.from_nodes(ssh, [n.name for n in cluster.spec.nodes])
+        found = certs.everywhere(state, ssh, [n.name for n in cluster.spec.nodes])
         old = stale(found, list(after.values()), [after[n] for n in planned.names], began)
         if old:
             raise RenewError(

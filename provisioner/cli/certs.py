@@ -48,7 +48,7 @@ def certs(
         cluster = spec.load(spec_path(spec_file))
         state = State.for_cluster(cluster.name)
         ssh = providers.node_ssh(cluster, state, bus)
-        found = core.admin_files(state) + core.from_nodes(ssh, [n.name for n in cluster.spec.nodes])
+        found = core.everywhere(state, ssh, [n.name for n in cluster.spec.nodes])
     if warn_days is None:
         warn_days = cluster.spec.pki.margin.total_seconds() / 86400
     now = datetime.datetime.now(datetime.UTC)

@@ -33,7 +33,7 @@ NAMESPACE = "certs-renew"
 
 
 def _installed(lab: CertsLab) -> dict[tuple[str, str], certs.CertFacts]:
-    found = certs.admin_files(lab.state) + certs.from_nodes(lab.ssh(), [n.name for n in lab.cluster.spec.nodes])
+    found = certs.everywhere(lab.state, lab.ssh(), [n.name for n in lab.cluster.spec.nodes])
     unreadable = [f for f in found if isinstance(f, certs.Unreadable)]
     assert not unreadable, unreadable
     return {(f.where, f.file): f.cert for f in found if isinstance(f, certs.Found)}
