@@ -9,7 +9,9 @@ Nothing on the host listens beyond loopback and nothing in the lab gains a route
 untouched (the apiserver certificate names 127.0.0.1), as kind maps a loopback port into its node.
 
 Its configuration is the workers' own balancer's (the apiserver_lb role's template and defaults),
-rendered here with the namespace added, so both balance and fail over alike.
+rendered here with the namespace added, so both balance and fail over alike: a master whose apiserver is not
+ready (its /readyz, asked with the balancers' health-check certificate from the cluster PKI) gets no
+connections. New health-check credentials (`certs renew`) restart it.
 
 The process outlives `up` (a session of its own); its pid, port and targets are kept in the state
 directory, so the next `up` finds and reuses it, and `destroy` stops it. After a reboot of the admin
@@ -19,6 +21,7 @@ machine it is gone, and the next `up` starts it again on the same port when that
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -50,6 +53,7 @@ class Forwarder:
     port: int
     targets: tuple[str, ...]  # host:port of every apiserver, as addressed inside the lab
     namespace: str | None  # the lab's network namespace; None when the hosts are reachable directly
+    credentials: str  # sha256 of the health checks' certificate, key and CA it started with
 
     @property
     def url(self) -> str:
@@ -87,7 +91,13 @@ def running(state: State) -> Forwarder | None:
     """The forwarder `up` started for this cluster, if that process is still the one listening."""
     try:
         data = json.loads(state.forwarder_file.read_text())
-        fwd = Forwarder(int(data["pid"]), int(data["port"]), tuple(data["targets"]), data["namespace"])
+        fwd = Forwarder(
+            int(data["pid"]),
+            int(data["port"]),
+            tuple(data["targets"]),
+            data["namespace"],
+            str(data.get("credentials", "")),  # a record from before the health checks had credentials
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not _is_ours(fwd, _config_file(state)):
@@ -98,7 +108,12 @@ def running(state: State) -> Forwarder | None:
 def ensure(state: State, targets: Sequence[str], namespace: str | None) -> Forwarder:
     """A forwarder to every one of `targets` for this cluster: the running one if it still fits, else a new one."""
     current = running(state)
-    fits = current is not None and (current.targets, current.namespace) == (tuple(targets), namespace)
+    credentials = _link_credentials(state)
+    fits = current is not None and (current.targets, current.namespace, current.credentials) == (
+        tuple(targets),
+        namespace,
+        credentials,
+    )
     if current is not None and fits and _accepts(current.port):
         return current
     port = _previous_port(state)  # the user's kubeconfig names it: keep it when it is free
@@ -113,12 +128,13 @@ def ensure(state: State, targets: Sequence[str], namespace: str | None) -> Forwa
         proc = subprocess.Popen(
             command(cfg),
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "CREDENTIALS_DIRECTORY": str(_credentials_dir(state))},
             stdout=log,
             stderr=log,
             start_new_session=True,  # outlives `up`, and a Ctrl-C in the user's shell does not reach it
             close_fds=True,
         )
-    fwd = Forwarder(proc.pid, port, tuple(targets), namespace)
+    fwd = Forwarder(proc.pid, port, tuple(targets), namespace, credentials)
     deadline = time.monotonic() + START_SECONDS
     while not _accepts(port):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -130,7 +146,13 @@ def ensure(state: State, targets: Sequence[str], namespace: str | None) -> Forwa
                 f"read {log_path}",
             )
         time.sleep(0.1)
-    record = {"pid": fwd.pid, "port": port, "targets": list(fwd.targets), "namespace": namespace}
+    record = {
+        "pid": fwd.pid,
+        "port": port,
+        "targets": list(fwd.targets),
+        "namespace": namespace,
+        "credentials": credentials,
+    }
     state.forwarder_file.write_text(json.dumps(record) + "\n")
     return fwd
 
@@ -179,6 +201,34 @@ def _role_defaults() -> dict[str, Any]:
 
 def _config_file(state: State) -> Path:
     return state.root / "forwarder.cfg"
+
+
+def _credentials_dir(state: State) -> Path:
+    return state.root / "forwarder-credentials"
+
+
+def _link_credentials(state: State) -> str:
+    """The health checks' files, linked from the cluster PKI under the names the configuration gives them
+    (as systemd hands them to a worker's haproxy); the sha256 of their contents."""
+    directory = _credentials_dir(state)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    digest = hashlib.sha256()
+    names: dict[str, str] = _role_defaults()["apiserver_lb_credentials"]
+    for name, file in sorted(names.items()):
+        source = state.pki_dir / file
+        try:
+            digest.update(source.read_bytes())
+        except OSError as err:
+            raise ProvisionerError(
+                f"forwarder health checks: {source}",
+                f"cannot read it ({err.strerror})",
+                "run `provisioner up`, which issues the cluster's certificates first",
+            ) from err
+        link = directory / name
+        if not link.is_symlink() or link.readlink() != source:
+            link.unlink(missing_ok=True)
+            link.symlink_to(source)
+    return digest.hexdigest()
 
 
 def _is_ours(fwd: Forwarder, config_file: Path) -> bool:

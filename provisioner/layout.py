@@ -76,6 +76,11 @@ ADMINS_GROUP = "provisioner:cluster-admins"
 # The apiserver's identity towards kubelets, bound to system:kubelet-api-admin (CIS 5.1.7: not system:masters).
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 
+# The apiserver load balancers' identity for their health checks (the workers' haproxy and the admin
+# machine's forwarder): it asks each apiserver for /readyz over TLS, which anonymous requests may not, and
+# may do nothing else (Kubernetes' own system:public-info-viewer role lets every signed-in user read /readyz).
+APISERVER_HEALTH_CHECK = "provisioner:apiserver-health-check"
+
 # The common name of every etcd peer certificate when etcd has several members, and the only one a member
 # accepts from a peer (--peer-cert-allowed-cn): the apiserver's etcd client certificate, signed by the same
 # CA, cannot pose as a member.
@@ -269,6 +274,7 @@ def group_vars() -> dict[str, object]:
         "cluster_domain": CLUSTER_DOMAIN,
         "admins_group": ADMINS_GROUP,
         "apiserver_kubelet_client": APISERVER_KUBELET_CLIENT,
+        "apiserver_health_check": APISERVER_HEALTH_CHECK,
         "etcd_peer_cn": ETCD_PEER_CN,
         "containerd_socket": CONTAINERD_SOCKET,
         "admin_conf": ADMIN_CONF,

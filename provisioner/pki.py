@@ -29,7 +29,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from provisioner import encryption, endpoints
 from provisioner.errors import ProvisionerError
 from provisioner.files import write_atomic
-from provisioner.layout import ADMINS_GROUP, APISERVER_KUBELET_CLIENT, CLUSTER_DOMAIN, ETCD_PEER_CN
+from provisioner.layout import (
+    ADMINS_GROUP,
+    APISERVER_HEALTH_CHECK,
+    APISERVER_KUBELET_CLIENT,
+    CLUSTER_DOMAIN,
+    ETCD_PEER_CN,
+)
 from provisioner.spec import CA_VALIDITY, Cluster, Node, PkiSpec
 from provisioner.state import State
 
@@ -141,6 +147,8 @@ def cluster_certs(cluster: Cluster) -> list[CertSpec]:
         CertSpec("controller-manager", "system:kube-controller-manager", client=True),
         CertSpec("scheduler", "system:kube-scheduler", client=True),
         CertSpec("kube-proxy", "system:kube-proxy", ("system:node-proxier",), client=True),
+        # The apiserver load balancers' readiness checks: an identity in no group, which may read /readyz.
+        CertSpec("apiserver-health-check", APISERVER_HEALTH_CHECK, client=True),
     ]
     for node in cluster.workers:
         # The Node authorizer recognises a kubelet by exactly this user and group.

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import socketserver
 import stat
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -178,82 +174,6 @@ def test_a_kubectl_earlier_on_path_is_named_with_the_line_to_add(tmp_path: Path,
     link, note = admin.link_kubectl(_fake_artifact_kubectl(tmp_path / "cache", "v1.37.2"), bindir)
     assert link == bindir / "kubectl"
     assert str(first / "kubectl") in note and f'export PATH="{bindir}:$PATH"' in note
-
-
-class _Echo(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        self.wfile.write(b"echo:" + self.rfile.readline())
-
-
-@pytest.fixture
-def echo_server() -> Iterator[int]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
-
-
-def _through(port: int, line: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(line)
-        return sock.makefile("rb").readline()
-
-
-NO_HAPROXY = forwarder.haproxy() is None
-
-
-def _listens_on(port: int) -> set[str]:
-    """Local addresses listening on `port` (from /proc/net/tcp, IPv4)."""
-    found = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        address, hexport = local.split(":")
-        if int(hexport, 16) == port and state == "0A":
-            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
-    return found
-
-
-@pytest.mark.skipif(
-    shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(),
-    reason="scripts/deps.sh installs haproxy",
-)
-def test_the_forwarder_relays_listens_on_loopback_only_is_reused_and_stops(tmp_path: Path, echo_server: int) -> None:
-    state = State(tmp_path / "state").ensure()
-    target = f"127.0.0.1:{echo_server}"
-    fwd = forwarder.ensure(state, [target], None)  # no namespace here: the same haproxy, one hop
-    try:
-        assert _through(fwd.port, b"hello\n") == b"echo:hello\n"
-        assert _listens_on(fwd.port) == {"127.0.0.1"}
-        again = forwarder.ensure(state, [target], None)
-        assert again == fwd  # the next `up` finds the running one
-        assert forwarder.running(state) == fwd
-        moved = forwarder.ensure(state, [target.replace("127.0.0.1", "localhost")], None)
-        assert moved.pid != fwd.pid and moved.port == fwd.port  # a new target: restarted on the same port
-        fwd = moved
-    finally:
-        assert forwarder.stop(state)
-    assert forwarder.running(state) is None
-    assert not _listens_on(fwd.port)
-    assert not forwarder.stop(state)
-
-
-@pytest.mark.skipif(
-    shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(),
-    reason="scripts/deps.sh installs haproxy",
-)
-def test_the_forwarder_fails_over_to_an_apiserver_that_answers(tmp_path: Path, echo_server: int) -> None:
-    """A dead first target (nothing listens there) does not cut the admin machine off: every connection
-    is answered by the live one, from the first, before any health check has run."""
-    state = State(tmp_path / "state").ensure()
-    # The apiservers share a port; nothing listens on 127.0.0.2's, so connections there are refused.
-    fwd = forwarder.ensure(state, [f"127.0.0.2:{echo_server}", f"127.0.0.1:{echo_server}"], None)
-    try:
-        answers = {_through(fwd.port, f"{n}\n".encode()) for n in range(6)}
-    finally:
-        forwarder.stop(state)
-    assert answers == {f"echo:{n}\n".encode() for n in range(6)}
 
 
 def test_the_forwarder_config_is_the_workers_balancer_with_the_labs_namespace() -> None:

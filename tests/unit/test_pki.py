@@ -158,6 +158,8 @@ ONE_MASTER_FILES = [
     "admin.key",
     "apiserver-etcd-client.crt",
     "apiserver-etcd-client.key",
+    "apiserver-health-check.crt",
+    "apiserver-health-check.key",
     "apiserver-kubelet-client.crt",
     "apiserver-kubelet-client.key",
     "apiserver.crt",

@@ -14,6 +14,7 @@ tasks file that renders the templates into a tmp directory instead of onto the n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tomllib
@@ -29,6 +30,7 @@ from provisioner import inventory, layout, paths, pki, runner, spec
 from provisioner.artifacts import image_names
 from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
+from provisioner.state import State
 
 PLAYBOOKS = paths.REPO_ROOT / "playbooks"
 ROLES = PLAYBOOKS / "roles"
@@ -321,7 +323,24 @@ def test_each_worker_balances_over_every_master_on_its_loopback_only(ha_rendered
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed here (Debian's haproxy package)")
-def test_haproxy_accepts_the_load_balancer_configuration(ha_rendered: Path) -> None:
+def test_haproxy_accepts_the_load_balancer_configuration(ha_rendered: Path, tmp_path: Path) -> None:
+    """With the credentials the unit hands it (LoadCredential, under the role's names) from a real PKI."""
+    state = State(tmp_path / "state").ensure()
+    pki.ensure(clusters.ha(), state)
+    unit = render(ha_rendered, "apiserver_lb", "kube-apiserver-lb.service.j2", "worker-1")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for line in unit.splitlines():
+        if line.startswith("LoadCredential="):
+            name, source = line.removeprefix("LoadCredential=").split(":", 1)
+            (credentials / name).symlink_to(state.pki_dir / Path(source).relative_to(layout.DIRS.pki))
+    assert sorted(p.name for p in credentials.iterdir()) == ["ca.crt", "health-check.crt", "health-check.crt.key"]
     path = ha_rendered / "worker-1" / "apiserver_lb" / "apiserver-lb.cfg"
-    done = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["haproxy", "-c", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
