@@ -103,6 +103,7 @@ def up(
     merge_kubeconfig: Path | Literal[False] | None = None,
     limit: Sequence[str] | None = None,
     rolling: bool = False,
+    version_change: bool = False,
 ) -> UpResult:
     """Bring the cluster the spec describes into being, or converge an existing one.
 
@@ -113,11 +114,16 @@ def up(
     services to answer (`certs renew` on a running cluster). Not for a new cluster: its etcd members must
     start together.
 
+    `version_change`: the spec's Kubernetes version may differ from the one the cluster last converged
+    to (`provisioner upgrade` only, which drains each node before its `up`); otherwise that is refused.
+
     `merge_kubeconfig`: a path merges the cluster's context into that kubeconfig; False removes what
     an earlier `up` merged; None keeps an earlier merge where it is (refreshed) and adds none.
     """
     finished = _collect_phases(bus)
     state.ensure()
+    if not version_change:
+        _refuse_version_change(cluster, state)
     # Artifacts first: a build that cannot succeed should fail before any machine exists.
     aset = ensure_artifacts(cluster, bus, source=artifact_source)
     provider = providers.for_cluster(cluster, state, bus)
@@ -158,9 +164,29 @@ def up(
         access = _set_up_admin_machine(cluster, state, provider.lab_namespace(), aset.bin / "kubectl", merge_kubeconfig)
         phase.progress(f"{access.server}, context {access.context}")
 
+    if not limit:
+        state.version_file.write_text(cluster.spec.kubernetes.version + "\n")
     changed = {p.name: p.changed for p in run.phases}
     timings = [PhaseTiming(f.phase, f.seconds, changed.get(f.phase)) for f in finished]
     return UpResult(state.kubeconfig, prefix, aset.bin / "kubectl", run, timings, access)
+
+
+def _refuse_version_change(cluster: Cluster, state: State) -> None:
+    """Before anything is created: `up` with a new version would replace every node's binaries at once,
+    masters together and workers undrained (Kubespray's cluster.yml does; its upgrade-cluster.yml is the
+    safe way). Here the safe way is the only one `up` takes."""
+    try:
+        running = state.version_file.read_text().strip()
+    except FileNotFoundError:
+        return  # a new cluster, or one from before the record (its next `up` writes it)
+    wanted = cluster.spec.kubernetes.version
+    if running and running != wanted:
+        raise ProvisionerError(
+            "spec.kubernetes.version",
+            f"is {wanted}, but the cluster runs {running} (its last `up`); `up` would replace every node's "
+            "binaries at once, with no drain",
+            f"run `provisioner upgrade` to move it node by node (a plan and preflight first), or put {running} back",
+        )
 
 
 def _set_up_admin_machine(
@@ -203,6 +229,7 @@ def destroy(cluster: Cluster, state: State, bus: EventBus) -> None:
         state.user_kubeconfig.unlink(missing_ok=True)
         state.known_hosts.unlink(missing_ok=True)
         state.hosts_file.unlink(missing_ok=True)
+        state.version_file.unlink(missing_ok=True)
 
 
 def reset(cluster: Cluster, state: State, bus: EventBus, *, strategy: str | None = None) -> runner.RunResult:
@@ -235,8 +262,10 @@ def reset(cluster: Cluster, state: State, bus: EventBus, *, strategy: str | None
         host_key_checking=isinstance(cluster.spec.provider, StaticProvider),
         name="reset",
     )
-    # The admin kubeconfig points at an apiserver that no longer exists; `up` writes it again.
+    # The admin kubeconfig points at an apiserver that no longer exists; `up` writes it again. The nodes
+    # run no version any more: the next `up` may build any.
     state.kubeconfig.unlink(missing_ok=True)
+    state.version_file.unlink(missing_ok=True)
     return run
 
 

@@ -71,6 +71,12 @@ class State:
         return self.root / "forwarder.json"
 
     @property
+    def version_file(self) -> Path:
+        """The Kubernetes version the whole cluster last converged to (lifecycle.up): a version change goes
+        through `provisioner upgrade`, not `up`."""
+        return self.root / "kubernetes-version"
+
+    @property
     def backups_dir(self) -> Path:
         """etcd snapshots and their sidecars (provisioner/backup.py), root-only."""
         return self.root / "backups"

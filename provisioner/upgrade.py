@@ -388,7 +388,7 @@ def run(
         with Phase(bus, f"upgrade {name}", f"master {done} of {total}, to {planned.target}"):
             timing = NodeTiming(name, "master")
             began = time.monotonic()
-            lifecycle.up(cluster, state, bus, limit=[name], rolling=True, strategy=strategy)
+            lifecycle.up(cluster, state, bus, limit=[name], rolling=True, strategy=strategy, version_change=True)
             _restart_stale(cluster, state, bus, name)
             timing.converge = time.monotonic() - began
             result.nodes.append(timing)
@@ -402,7 +402,7 @@ def run(
                 drain(kubectl, name, drain_timeout)
                 timings[name].drain = time.monotonic() - began
             began = time.monotonic()
-            lifecycle.up(cluster, state, bus, limit=list(batch), strategy=strategy)
+            lifecycle.up(cluster, state, bus, limit=list(batch), strategy=strategy, version_change=True)
             for name in batch:
                 _restart_stale(cluster, state, bus, name)
                 timings[name].converge = time.monotonic() - began
@@ -414,7 +414,7 @@ def run(
                 timings[name].ready = time.monotonic() - began
         result.nodes.extend(timings.values())
     with Phase(bus, "upgrade: whole cluster", "the new release's addons; nothing else should change"):
-        final = lifecycle.up(cluster, state, bus, strategy=strategy)
+        final = lifecycle.up(cluster, state, bus, strategy=strategy, version_change=True)
         result.final_changed = final.changed
     release(kubectl)
     result.seconds = time.monotonic() - started

@@ -11,7 +11,7 @@ from pytest import MonkeyPatch
 from typer.testing import CliRunner
 
 from provisioner import cli, inventory, lifecycle, paths, preflight, spec
-from provisioner.errors import MachineError
+from provisioner.errors import MachineError, ProvisionerError
 from provisioner.events import EventBus
 from provisioner.hosts import HostConnection
 from provisioner.providers.vagrant import generate_ssh_key
@@ -95,3 +95,28 @@ def test_up_checks_static_hosts_once(
 
 def test_up_stops_at_preflight_when_a_static_host_is_not_ready(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
     assert _up_until_inventory(tmp_path, monkeypatch, False, None) == [["m", "w1", "w2"]]
+
+
+def test_up_refuses_a_version_change_before_anything_is_made_and_names_upgrade(
+    tmp_path: Path, monkeypatch: MonkeyPatch
+) -> None:
+    cluster = _static_cluster(tmp_path)
+    state = State(tmp_path / "state").ensure()
+    state.version_file.write_text("v1.36.3\n")  # what the last `up` converged the cluster to
+    built: list[object] = []
+    monkeypatch.setattr(lifecycle, "ensure_artifacts", lambda *args, **kwargs: built.append(args))
+    with pytest.raises(ProvisionerError) as caught:
+        lifecycle.up(cluster, state, EventBus())
+    message = str(caught.value)
+    assert message.startswith("spec.kubernetes.version: is v1.37.2, but the cluster runs v1.36.3")
+    assert "provisioner upgrade" in message and "put v1.36.3 back" in message
+    assert not built  # refused before artifacts, machines or certificates
+
+
+def test_up_with_the_recorded_version_or_no_record_goes_on(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    cluster = _static_cluster(tmp_path)
+    state = State(tmp_path / "state").ensure()
+    for recorded in (None, cluster.spec.kubernetes.version):
+        if recorded:
+            state.version_file.write_text(recorded + "\n")
+        lifecycle._refuse_version_change(cluster, state)  # no error: the same version, or no record yet
