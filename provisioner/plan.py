@@ -13,7 +13,9 @@ Ansible run's directory is kept under the state's runs, as every run's is.
 Truthful means: the check run goes through the same code path as `up`'s (lifecycle.converge), and every task
 reports in check mode what it would do for real (the roles' probes run in check mode, their changes report
 without running: playbooks/library/node_command.py). What check mode cannot see is named: a service whose unit
-the run would install first (systemd knows nothing of it yet) is listed as new.
+the run would install first (systemd knows nothing of it yet) is listed as new, and a host whose first converge
+did not finish is refused (the prep role says which of its units it lacks), since its later tasks would read
+what the earlier ones had not written.
 """
 
 from __future__ import annotations
@@ -43,17 +45,14 @@ class BinaryChange:
     path: str  # on the node
     component: str  # the pinned component it comes from (provisioner/layout.py)
     # The installed file's version: that of the cached artifact set whose manifest has its checksum; "" when
-    # nothing is installed, "unknown" when no cached set of a supported release has it.
+    # nothing is installed, "unknown" when no cached set of a supported release has it (altered, or a set
+    # built again since).
     old: str
     new: str
 
     @property
     def versions(self) -> str:
-        if not self.old:
-            return f"new, {self.new}"
-        if self.old == self.new:
-            return f"{self.new} (the installed file is not the artifact set's)"
-        return f"{self.old} -> {self.new}"
+        return f"{self.old} -> {self.new}" if self.old else self.new
 
 
 @dataclass

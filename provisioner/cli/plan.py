@@ -42,12 +42,18 @@ def render(result: plan_mod.Plan) -> list[str]:
             continue
         lines.append(f"{host.name}: {len(host.changes)} task(s) would change")
         lines += [f"  {line}" for change in host.changes for line in _change(change)]
-        lines += [f"  binary {b.path} ({b.component}): {b.versions}" for b in host.binaries]
+        lines += [
+            f"  {'replaces' if b.old else 'installs'} {b.path}: {b.component} {b.versions}" for b in host.binaries
+        ]
         lines += [f"  new service {unit}: `up` installs, starts and enables it" for unit in host.new_services]
         if host.restarts:
             lines.append(f"  would run: {', '.join(host.restarts)}")
-    made = "created and provisioned" if result.creates_machines else "provisioned"
-    lines += [f"{name}: no machine yet; would be {made} from nothing" for name in result.provisioned]
+    new = (
+        "no machine yet; would be created and provisioned from nothing"
+        if result.creates_machines
+        else "not provisioned by `up` yet; would be provisioned from nothing"
+    )
+    lines += [f"{name}: {new}" for name in result.provisioned]
     lines += [f"{name}: not in the spec; `up` leaves it alone" for name in result.unlisted]
     lines.append(_summary(result))
     return lines

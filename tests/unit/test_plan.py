@@ -68,7 +68,7 @@ def test_a_cluster_never_brought_up_is_provisioned_from_nothing_and_no_state_is_
     result = CliRunner().invoke(app, ["plan", "--spec", str(path)])
     assert result.exit_code == 2, result.output
     for name in ("m", "w1", "w2"):
-        assert f"{name}: no machine yet; would be provisioned from nothing" in result.output
+        assert f"{name}: not provisioned by `up` yet; would be provisioned from nothing" in result.output
     assert "admin machine: would issue ca, etcd-ca," in result.output
     assert not (tmp_path / "state").exists()
 
@@ -106,7 +106,7 @@ def test_a_replaced_binary_shows_the_version_installed_and_the_one_it_gets(tmp_p
 
     assert versions("a" * 64) == f"{OLD} -> {NEW}"
     assert versions("c" * 64) == f"unknown -> {NEW}"
-    assert versions(None) == f"new, {NEW}"
+    assert versions(None) == NEW  # nothing installed
 
 
 def test_a_unit_the_run_installs_first_is_a_new_service() -> None:
