@@ -12,7 +12,7 @@ import localnode
 import pytest
 import yaml
 
-from provisioner import runner
+from provisioner import layout, runner
 from provisioner.errors import PlaybookError
 from provisioner.events import EventBus
 
@@ -106,3 +106,43 @@ def test_a_node_command_that_fails_names_the_command_and_its_error(tmp_path: Pat
         runner.run_playbook(state, EventBus(), playbook=state.root / "site.yml", strategy_name="linear")
     assert "'Change something that breaks' on box" in str(failed.value)
     assert "exit code 3" in failed.value.cause and "broken-disk" in failed.value.cause
+
+
+CONVERGED = """
+- name: "Prep: local"
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: The prep role's check for a converged host
+      ansible.builtin.include_role:
+        name: prep
+        tasks_from: converged
+"""
+
+
+@pytest.mark.parametrize(
+    "installed", [["pod-network", "kubelet"], ["pod-network", "containerd", "kubelet", "kube-proxy"]]
+)
+def test_check_mode_refuses_a_host_whose_first_converge_did_not_finish(tmp_path: Path, installed: list[str]) -> None:
+    units = tmp_path / "units"
+    units.mkdir()
+    for name in installed:
+        (units / f"{name}.service").write_text("[Unit]\n")
+    view = layout.group_vars()
+    view["dirs"] = {**view["dirs"], "units": str(units)}  # type: ignore[dict-item]
+    host = localnode.one_host("worker-9", layout=view, node_role="worker")
+    state = localnode.local_state(tmp_path / "state", host, CONVERGED)
+
+    def check() -> runner.RunResult:
+        return runner.run_playbook(
+            state, EventBus(), playbook=state.root / "site.yml", strategy_name="linear", check=True
+        )
+
+    if len(installed) == 4:
+        assert check().changes == []
+        return
+    with pytest.raises(PlaybookError) as refused:
+        check()
+    assert "worker-9 has not been converged yet (containerd, kube-proxy not installed)" in refused.value.cause
+    assert "`provisioner up` converges it" in refused.value.cause
+    assert "picks up where it stopped" not in refused.value.fix  # a check run has nothing to resume
