@@ -119,8 +119,9 @@ class Renderer:
             if event.status in ("changed", "failed", "unreachable"):
                 style = STATUS_STYLE[event.status]
                 msg = f" [dim]{event.message}[/dim]" if event.message else ""
-                status = "would change" if self.check and event.status == "changed" else event.status
-                console.print(f"{stamp}   [{style}]{status:<9}[/{style}] {event.host}: {event.task}{msg}")
+                console.print(
+                    f"{stamp}   [{style}]{self._word(event.status):<9}[/{style}] {event.host}: {event.task}{msg}"
+                )
         elif isinstance(event, Progress):
             host = f"{event.host}: " if event.host else ""
             console.print(f"{stamp}   {event.phase}: {host}{event.message}")
@@ -139,7 +140,11 @@ class Renderer:
         table.add_row("[bold]total[/bold]", f"{time.monotonic() - self.started:.1f}", "")
         console.print(table)
         if self.counts:
-            console.print("tasks: " + ", ".join(f"{status}={count}" for status, count in sorted(self.counts.items())))
+            counts = sorted(self.counts.items())
+            console.print("tasks: " + ", ".join(f"{self._word(status)}={count}" for status, count in counts))
+
+    def _word(self, status: str) -> str:
+        return "would change" if self.check and status == "changed" else status
 
 
 def cli_bus(check: bool = False) -> tuple[EventBus, Renderer]:
