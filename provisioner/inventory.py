@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import yaml
 from provisioner import endpoints, layout, pki
 from provisioner.artifacts.layout import image_names
 from provisioner.hosts import HostConnection
-from provisioner.spec import Cluster, VagrantProvider
+from provisioner.spec import Cluster, Node, VagrantProvider
 from provisioner.state import State
 from provisioner.versions import components
 
@@ -68,12 +69,22 @@ def pod_routes(cluster: Cluster, name: str) -> list[str]:
     return [f"{cidr} via {address}" for cidr, address in pairs if cidr != own]
 
 
-def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
-    node = cluster.node(host.name)
+def node_vars(cluster: Cluster, node: Node, address: str) -> dict[str, Any]:
+    """What the roles know of a node, its connection aside; `address`: on the cluster network."""
     own: dict[str, Any] = {}
     if node.role == "master":
         # The PKI directory's files this master installs as its etcd-server and etcd-peer certificates.
         own["node_etcd_certs"] = pki.etcd_certs(cluster, node)
+    return {
+        "node_address": address,
+        "node_role": node.role,
+        "node_pod_cidr": str(cluster.pod_cidrs[node.name]),
+        "node_pod_routes": pod_routes(cluster, node.name),
+        **own,
+    }
+
+
+def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
     return {
         "ansible_host": host.ssh_host,
         "ansible_port": host.ssh_port,
@@ -81,21 +92,26 @@ def host_vars(cluster: Cluster, host: HostConnection) -> dict[str, Any]:
         "ansible_ssh_private_key_file": str(host.ssh_key),
         # The roles manage root-owned files and services; a non-root login escalates with sudo.
         "ansible_become": host.ssh_user != "root",
-        "node_address": host.address,
-        "node_role": host.role,
-        "node_pod_cidr": str(cluster.pod_cidrs[host.name]),
-        "node_pod_routes": pod_routes(cluster, host.name),
-        **own,
+        **node_vars(cluster, cluster.node(host.name), host.address),
     }
 
 
-def inventory(cluster: Cluster, hosts: list[HostConnection]) -> dict[str, Any]:
+def inventory(cluster: Cluster, hosts: list[HostConnection], planned: Sequence[Node] = ()) -> dict[str, Any]:
+    """Every host that exists, in spec order. `planned`: nodes of the spec with no machine yet, listed without
+    connection details for the groups and counts a run derives from them; a run is limited to the others
+    (`provisioner plan`, which must see the cluster as `up` would converge it)."""
     groups: dict[str, dict[str, Any]] = {g: {"hosts": {}} for g in GROUPS.values()}
-    for host in hosts:
-        groups[GROUPS[host.role]]["hosts"][host.name] = host_vars(cluster, host)
+    by_name = {h.name: h for h in hosts}
+    # Spec order, so that masters[0] (the addons play's host) is the master `up` would use.
+    listed = [n for n in cluster.spec.nodes if n.name in by_name or n.name in {p.name for p in planned}]
+    for node in listed:
+        host = by_name.get(node.name)
+        groups[GROUPS[node.role]]["hosts"][node.name] = (
+            host_vars(cluster, host) if host is not None else node_vars(cluster, node, str(node.address))
+        )
     lb = layout.unit(layout.APISERVER_LB_UNIT)
     groups[APISERVER_LB_GROUP] = {
-        "hosts": {h.name: {} for h in hosts if h.role in lb.roles and lb.installed_with(len(cluster.masters))}
+        "hosts": {n.name: {} for n in listed if n.role in lb.roles and lb.installed_with(len(cluster.masters))}
     }
     return {"all": {"children": {"k8s_cluster": {"children": groups}}}}
 
@@ -151,9 +167,11 @@ def _checksums(artifacts_dir: Path) -> dict[str, str]:
     return {f["path"]: f["sha256"] for f in manifest.get("files", []) if "path" in f and "sha256" in f}
 
 
-def write(cluster: Cluster, state: State, hosts: list[HostConnection], artifacts_dir: Path) -> None:
+def write(
+    cluster: Cluster, state: State, hosts: list[HostConnection], artifacts_dir: Path, planned: Sequence[Node] = ()
+) -> None:
     state.ensure()
-    _write_yaml(state.inventory_file, inventory(cluster, hosts))
+    _write_yaml(state.inventory_file, inventory(cluster, hosts, planned))
     _write_yaml(state.group_vars_file, group_vars(cluster, state, artifacts_dir))
 
 

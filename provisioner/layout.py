@@ -291,6 +291,9 @@ def group_vars() -> dict[str, object]:
         # [artifact-set path, path on the node, mode] of every file a role installs (the node_files role).
         "files": {role: [[a.path, a.target, a.mode] for a in files_for(role)] for role in ROLES},
         "units": {role: [u.name for u in units_for(role)] for role in ROLES},
+        # What a converged node of the role runs whatever the master count (`provisioner plan` checks a host
+        # only once it has them: check mode cannot go through a first install).
+        "units_always": {role: [u.name for u in units_for(role) if not u.ha_only] for role in ROLES},
         "reset": {
             "units": [u.name for u in reversed(UNITS)],
             "files": sorted({a.target for a in ARTIFACTS if a.roles}),

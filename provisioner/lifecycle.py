@@ -25,6 +25,7 @@ from provisioner.artifacts.serve import serving
 from provisioner.errors import ProvisionerError
 from provisioner.events import Event, EventBus, Phase, PhaseFinished, Warning
 from provisioner.kube import Kubectl, KubectlError
+from provisioner.providers.base import Provider
 from provisioner.spec import Cluster, StaticProvider
 from provisioner.state import State
 
@@ -141,22 +142,7 @@ def up(
         soon = certs.expiry_warning(state)
         if soon is not None:
             bus.emit(Warning(soon))
-    server = provider.artifact_server_address()
-    with serving(aset.root, server, state.root / "artifact-server.log", prefix) if server else nullcontext() as url:
-        run = runner.run_playbook(
-            state,
-            bus,
-            prefix=prefix,
-            # The nodes fetch binaries and images from it (far faster than a push over SSH under emulation).
-            extravars={
-                **({"artifacts_url": url} if url else {}),
-                **({ROLLING_VAR: 1} if rolling else {}),
-            }
-            or None,
-            strategy_name=strategy,
-            limit=",".join(limit) if limit else None,
-            host_key_checking=isinstance(cluster.spec.provider, StaticProvider),
-        )
+    run = converge(cluster, state, bus, provider, aset.root, strategy=strategy, limit=limit, rolling=rolling)
     with Phase(bus, "admin kubeconfig", str(state.kubeconfig)):
         _install_admin_kubeconfig(state)
         _wait_for_api(Kubectl(aset.bin / "kubectl", state.kubeconfig, prefix), cluster)
@@ -186,6 +172,46 @@ def _refuse_version_change(cluster: Cluster, state: State) -> None:
             f"is {wanted}, but the cluster runs {running} (its last `up`); `up` would replace every node's "
             "binaries at once, with no drain",
             f"run `provisioner upgrade` to move it node by node (a plan and preflight first), or put {running} back",
+        )
+
+
+def converge(
+    cluster: Cluster,
+    state: State,
+    bus: EventBus,
+    provider: Provider,
+    artifacts_root: Path,
+    *,
+    strategy: str | None = None,
+    limit: Sequence[str] | None = None,
+    rolling: bool = False,
+    check: bool = False,
+    inventory_file: Path | None = None,
+    server_log: Path | None = None,
+) -> runner.RunResult:
+    """site.yml on the inventory's hosts (`limit`: these only), with the artifact server running while it runs
+    when the provider has one. `check`: Ansible's check mode (`provisioner plan`), against `inventory_file`."""
+    server = provider.artifact_server_address()
+    log = server_log or state.root / "artifact-server.log"
+    prefix = provider.command_prefix()
+    with serving(artifacts_root, server, log, prefix) if server else nullcontext() as url:
+        return runner.run_playbook(
+            state,
+            bus,
+            inventory=inventory_file,
+            prefix=prefix,
+            # The nodes fetch binaries and images from it (far faster than a push over SSH under emulation).
+            extravars={
+                **({"artifacts_url": url} if url else {}),
+                **({ROLLING_VAR: 1} if rolling else {}),
+            }
+            or None,
+            strategy_name=strategy,
+            limit=",".join(limit) if limit else None,
+            host_key_checking=isinstance(cluster.spec.provider, StaticProvider),
+            check=check,
+            name="plan" if check else "up",
+            rerun="provisioner plan" if check else "provisioner up",
         )
 
 

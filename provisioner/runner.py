@@ -7,11 +7,16 @@ the per-phase durations and changed counts the CLI prints.
 
 Ansible runs inside the provider's command prefix (``ip netns exec <lab> ...``) when there is one,
 because the lab machines are reachable only from inside that network namespace.
+
+Every task that changed something becomes a :class:`TaskChange` (host, task, whether a handler ran it, the
+loop items or files it changed, the diff of a text file), for real runs and check-mode runs alike: what a
+check run (`provisioner plan`) says would change is compared with what the real run then changed.
 """
 
 from __future__ import annotations
 
 import datetime
+import difflib
 import importlib.util
 import os
 import shlex
@@ -63,6 +68,27 @@ class PhaseStats:
     tasks: int = 0
 
 
+@dataclass(frozen=True)
+class FileDiff:
+    """What a task changes in one file: a unified diff, or attribute changes (mode, state) as lines."""
+
+    path: str
+    text: str
+    new: bool = False  # the file is not there yet
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    """One task that changed something on one host (or, in check mode, would have)."""
+
+    phase: str
+    host: str
+    task: str
+    handler: bool = False  # run because another task notified it: a service restarted, settings applied
+    items: tuple[str, ...] = ()  # the loop items that changed, or the files a module names (fetch_artifacts)
+    diffs: tuple[FileDiff, ...] = ()  # none for files copied with `diff: false` (keys, kubeconfigs)
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -70,6 +96,10 @@ class RunResult:
     seconds: float
     hosts: dict[str, HostStats]
     phases: list[PhaseStats] = field(default_factory=list)
+    changes: list[TaskChange] = field(default_factory=list)
+    # host -> path -> sha256 (None: missing), as the installed_sums module first read each file in this run:
+    # what the host held before the run replaced anything.
+    installed_sums: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     @property
     def changed(self) -> int:
@@ -118,16 +148,84 @@ def _message(res: Mapping[str, Any]) -> str:
     return "\n".join(parts) or "no message"
 
 
-class _Translator:
-    """Turns ansible-runner events into provisioner events and keeps per-phase counts."""
+# Text that must never reach a diff shown to a person: a private key, a kubeconfig's embedded one, the Secret
+# encryption key. The roles copy such files with `diff: false`; this is the net under that rule.
+SECRET_MARKERS = ("PRIVATE KEY-----", "client-key-data", "kind: EncryptionConfiguration")
+WITHHELD = "(not shown: it holds a secret)"
 
-    def __init__(self, bus: EventBus) -> None:
+
+def _changed_path(res: Mapping[str, Any]) -> str:
+    args = (res.get("invocation") or {}).get("module_args") or {}
+    return str(res.get("dest") or res.get("path") or args.get("dest") or args.get("path") or "")
+
+
+def _file_diffs(res: Mapping[str, Any]) -> tuple[FileDiff, ...]:
+    """Ansible's `diff` of a result (a mapping or a list of them) as text, one per file."""
+    raw = res.get("diff")
+    entries = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else []
+    diffs = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        path = str(entry.get("before_header") or _changed_path(res) or entry.get("after_header") or "")
+        before, after = entry.get("before", ""), entry.get("after", "")
+        if isinstance(before, dict) or isinstance(after, dict):
+            # Attributes (file, user): the keys that differ, as "key: old -> new".
+            old, new = dict(before or {}), dict(after or {})
+            lines = [
+                f"{k}: {old.get(k)} -> {new.get(k)}"
+                for k in sorted({*old, *new} - {"path"})
+                if old.get(k) != new.get(k)
+            ]
+            diffs.append(FileDiff(path, "\n".join(lines)))
+        elif isinstance(before, str) and isinstance(after, str):
+            new_file = "before_header" not in entry and before == ""
+            if any(marker in text for marker in SECRET_MARKERS for text in (before, after)):
+                diffs.append(FileDiff(path, WITHHELD, new_file))
+                continue
+            text = "".join(
+                difflib.unified_diff(
+                    before.splitlines(keepends=True),
+                    after.splitlines(keepends=True),
+                    "/dev/null" if new_file else f"{path} (before)",
+                    f"{path} (after)",
+                )
+            )
+            diffs.append(FileDiff(path, text, new_file))
+        elif isinstance(entry.get("prepared"), str):
+            prepared = entry["prepared"]
+            diffs.append(FileDiff(path, WITHHELD if any(m in prepared for m in SECRET_MARKERS) else prepared))
+    return tuple(d for d in diffs if d.text)
+
+
+def _change(phase: str, host: str, task: str, handler: bool, res: Mapping[str, Any]) -> TaskChange:
+    results = res.get("results")
+    if isinstance(results, list):
+        changed = [r for r in results if isinstance(r, dict) and r.get("changed")]
+        items = tuple(str(r.get("_ansible_item_label", r.get("item"))) for r in changed)
+        diffs = tuple(d for r in changed for d in _file_diffs(r))
+    else:
+        # A module that changes several files in one call names them (fetch_artifacts: `fetched`).
+        fetched = res.get("fetched")
+        items = tuple(str(f) for f in fetched) if isinstance(fetched, list) else ()
+        diffs = _file_diffs(res)
+    return TaskChange(phase, host, task, handler, items, diffs)
+
+
+class _Translator:
+    """Turns ansible-runner events into provisioner events and keeps per-phase counts and every change."""
+
+    def __init__(self, bus: EventBus, check: bool = False) -> None:
         self.bus = bus
+        self.check = check
         self.phases: list[PhaseStats] = []
         self._phase: PhaseStats | None = None
         self._started = 0.0
         self._task = ""
+        self._handler_tasks: set[str] = set()  # uuids of the tasks started as handlers
         self.failures: list[_Failure] = []
+        self.changes: list[TaskChange] = []
+        self.installed_sums: dict[str, dict[str, str | None]] = {}
         self.lock = threading.Lock()
 
     @property
@@ -147,8 +245,9 @@ class _Translator:
             return
         self._phase.seconds = time.monotonic() - self._started
         self.phases.append(self._phase)
+        verb = "would change" if self.check else "changed"
         self.bus.emit(
-            PhaseFinished(self._phase.name, self._phase.seconds, ok=ok, detail=f"{self._phase.changed} changed")
+            PhaseFinished(self._phase.name, self._phase.seconds, ok=ok, detail=f"{self._phase.changed} {verb}")
         )
         self._phase = None
 
@@ -162,8 +261,11 @@ class _Translator:
         data: dict[str, Any] = event.get("event_data") or {}
         if kind == "playbook_on_play_start":
             self._enter(phase_of(str(data.get("play", ""))))
-        elif kind in ("playbook_on_task_start", "playbook_on_handler_task_start"):
+        elif kind == "playbook_on_task_start":
             self._task = str(data.get("task", ""))
+            # ansible-runner reports a handler's start as a task start with is_conditional set (v1's way).
+            if data.get("is_conditional"):
+                self._handler_tasks.add(str(data.get("task_uuid", "")))
             if self._phase:
                 self._phase.tasks += 1
             self.bus.emit(Progress(self.phase, self._task))
@@ -176,8 +278,15 @@ class _Translator:
         res: dict[str, Any] = data.get("res") or {}
         if outcome == "ok":
             status = "changed" if res.get("changed") else "ok"
-            if status == "changed" and self._phase:
-                self._phase.changed += 1
+            if status == "changed":
+                if self._phase:
+                    self._phase.changed += 1
+                handler = str(data.get("task_uuid", "")) in self._handler_tasks
+                self.changes.append(_change(self.phase, host, task, handler, res))
+            if str(data.get("task_action", "")).endswith("installed_sums") and isinstance(res.get("sums"), dict):
+                held = self.installed_sums.setdefault(host, {})
+                for path, sha in res["sums"].items():
+                    held.setdefault(str(path), sha)
             self.bus.emit(TaskResult(self.phase, task, host, status))
         elif outcome in ("failed", "unreachable"):
             message = _message(res)
@@ -245,18 +354,22 @@ def run_playbook(
     bus: EventBus,
     *,
     playbook: Path = SITE,
+    inventory: Path | None = None,
     prefix: Sequence[str] = (),
     extravars: Mapping[str, Any] | None = None,
     limit: str | None = None,
     tags: str | None = None,
     strategy_name: str | None = None,
     host_key_checking: bool = False,
+    check: bool = False,
     name: str = "up",
     rerun: str = "provisioner up",
 ) -> RunResult:
-    """Run a playbook against the cluster's inventory; raise PlaybookError naming host and task on failure.
+    """Run a playbook against the cluster's inventory (or `inventory`); raise PlaybookError naming host and
+    task on failure.
 
-    `rerun` is the command a failure tells the user to run again once the cause is fixed."""
+    `check`: Ansible's check mode with diffs: every task reports what it would change and changes nothing
+    (`provisioner plan`). `rerun` is the command a failure tells the user to run again once the cause is fixed."""
     import ansible_runner  # heavy import, only when a run happens
 
     chosen = strategy(strategy_name)
@@ -286,8 +399,10 @@ def run_playbook(
         args += ["--limit", limit]
     if tags:
         args += ["--tags", tags]
+    if check:
+        args += ["--check", "--diff"]
 
-    translator = _Translator(bus)
+    translator = _Translator(bus, check)
     envvars = {**_passed_env(), **_env(state, chosen, host_key_checking)}
     started = time.monotonic()
     # run_async's two steps (prepare, then run in a thread) with the environment trimmed in between:
@@ -296,7 +411,7 @@ def run_playbook(
         runner = ansible_runner.interface.init_runner(
             private_data_dir=str(run_dir),
             ident="run",
-            inventory=str(state.inventory_file),
+            inventory=str(inventory or state.inventory_file),
             cmdline=shlex.join(args),
             extravars=dict(extravars or {}),
             envvars=envvars,
@@ -315,9 +430,11 @@ def run_playbook(
     failed = runner.status != "successful" or any(h.failed or h.unreachable for h in hosts.values())
     with translator.lock:
         translator.close(ok=not failed)
-    result = RunResult(run_dir, chosen, seconds, hosts, translator.phases)
+    result = RunResult(
+        run_dir, chosen, seconds, hosts, translator.phases, translator.changes, translator.installed_sums
+    )
     if failed:
-        raise _error(result, translator.failures, str(runner.status), runner.rc, rerun)
+        raise _error(result, translator.failures, str(runner.status), runner.rc, rerun, resumes=not check)
     return result
 
 
@@ -379,10 +496,17 @@ def _host_stats(stats: Mapping[str, Mapping[str, int]]) -> dict[str, HostStats]:
 
 
 def _error(
-    result: RunResult, failures: list[_Failure], status: str, rc: int | None, rerun: str = "provisioner up"
+    result: RunResult,
+    failures: list[_Failure],
+    status: str,
+    rc: int | None,
+    rerun: str = "provisioner up",
+    resumes: bool = True,
 ) -> PlaybookError:
     log = result.stdout
-    fix = f"the run's full log is {log}; fix the cause and run `{rerun}` again (it picks up where it stopped)"
+    fix = f"the run's full log is {log}; fix the cause and run `{rerun}` again"
+    if resumes:
+        fix += " (it picks up where it stopped)"
     # A failure inside a block that was rescued is not final; the rescue's own failure comes last.
     final = [
         f

@@ -16,6 +16,7 @@ from provisioner.certs import expiry_warning
 from provisioner.cli import access, artifacts, box, cluster, drift, secrets, verify
 from provisioner.cli import backup as backup_cli
 from provisioner.cli import certs as certs_cli
+from provisioner.cli import plan as plan_cli
 from provisioner.cli import upgrade as upgrade_cli
 from provisioner.cli.render import SpecOption, cli_bus, console, fail_cleanly, out, spec_path
 from provisioner.errors import MachineError, ProvisionerError, SpecError
@@ -75,6 +76,7 @@ def validate(spec_file: SpecOption = None) -> None:
 
 
 app.command("up")(cluster.up)
+app.command("plan")(plan_cli.plan)
 app.command("destroy")(cluster.destroy)
 app.command("reset")(cluster.reset)
 app.command("replace-master")(cluster.replace_master)

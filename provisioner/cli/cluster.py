@@ -11,7 +11,17 @@ import typer
 from rich.table import Table
 
 from provisioner import admin, lifecycle, replace, spec
-from provisioner.cli.render import SpecOption, YesOption, cli_bus, console, fail_cleanly, out, spec_path
+from provisioner.cli.render import (
+    SourceOption,
+    SpecOption,
+    StrategyOption,
+    YesOption,
+    cli_bus,
+    console,
+    fail_cleanly,
+    out,
+    spec_path,
+)
 from provisioner.state import State
 
 MergeOption = Annotated[
@@ -26,17 +36,8 @@ MergeOption = Annotated[
 
 def up(
     spec_file: SpecOption = None,
-    source: Annotated[
-        str | None, typer.Option("--source", help="Artifact source: auto, release, mirror or build.")
-    ] = None,
-    strategy: Annotated[
-        str | None,
-        typer.Option(
-            "--strategy",
-            help="Ansible strategy; mitogen_linear when mitogen is installed, else linear. "
-            "Also $PROVISIONER_ANSIBLE_STRATEGY.",
-        ),
-    ] = None,
+    source: SourceOption = None,
+    strategy: StrategyOption = None,
     merge_kubeconfig: MergeOption = True,
 ) -> None:
     """Create the machines, push the artifacts and converge the cluster (idempotent; re-run to resume)."""

@@ -39,6 +39,16 @@ SpecOption = Annotated[
     typer.Option("--spec", "-s", help="Cluster spec file.", show_default="inventories/lab/cluster.yaml"),
 ]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+# What `up` and `plan` take besides the spec.
+SourceOption = Annotated[str | None, typer.Option("--source", help="Artifact source: auto, release, mirror or build.")]
+StrategyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--strategy",
+        help="Ansible strategy; mitogen_linear when mitogen is installed, else linear. "
+        "Also $PROVISIONER_ANSIBLE_STRATEGY.",
+    ),
+]
 
 
 class TimedStep(Protocol):
@@ -81,10 +91,12 @@ STATUS_STYLE = {
 class Renderer:
     """Prints one line per phase start/end, per changed or failed task, and per progress message.
 
-    Tasks that end `ok` are counted, not printed: a converged cluster's re-run stays quiet.
+    Tasks that end `ok` are counted, not printed: a converged cluster's re-run stays quiet. `check`: the run
+    is Ansible's check mode (`provisioner plan`), whose changed tasks are what would change.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, check: bool = False) -> None:
+        self.check = check
         self.started = time.monotonic()
         self.phases: list[tuple[str, float, bool]] = []
         self.counts: dict[str, int] = {}
@@ -107,7 +119,9 @@ class Renderer:
             if event.status in ("changed", "failed", "unreachable"):
                 style = STATUS_STYLE[event.status]
                 msg = f" [dim]{event.message}[/dim]" if event.message else ""
-                console.print(f"{stamp}   [{style}]{event.status:<9}[/{style}] {event.host}: {event.task}{msg}")
+                console.print(
+                    f"{stamp}   [{style}]{self._word(event.status):<9}[/{style}] {event.host}: {event.task}{msg}"
+                )
         elif isinstance(event, Progress):
             host = f"{event.host}: " if event.host else ""
             console.print(f"{stamp}   {event.phase}: {host}{event.message}")
@@ -126,19 +140,24 @@ class Renderer:
         table.add_row("[bold]total[/bold]", f"{time.monotonic() - self.started:.1f}", "")
         console.print(table)
         if self.counts:
-            console.print("tasks: " + ", ".join(f"{status}={count}" for status, count in sorted(self.counts.items())))
+            counts = sorted(self.counts.items())
+            console.print("tasks: " + ", ".join(f"{self._word(status)}={count}" for status, count in counts))
+
+    def _word(self, status: str) -> str:
+        return "would change" if self.check and status == "changed" else status
 
 
-def cli_bus() -> tuple[EventBus, Renderer]:
+def cli_bus(check: bool = False) -> tuple[EventBus, Renderer]:
     bus = EventBus()
-    renderer = Renderer()
+    renderer = Renderer(check)
     bus.subscribe(renderer)
     return bus, renderer
 
 
 @contextlib.contextmanager
-def fail_cleanly(renderer: Renderer | None = None) -> Iterator[None]:
-    """A user's mistake ends in one message and a non-zero exit; a bug still shows its traceback."""
+def fail_cleanly(renderer: Renderer | None = None, exit_code: int | None = None) -> Iterator[None]:
+    """A user's mistake ends in one message and a non-zero exit (`exit_code` for every error, when given: a
+    verb whose own exit codes mean something else); a bug still shows its traceback."""
     try:
         yield
     except ProvisionerError as exc:
@@ -146,7 +165,7 @@ def fail_cleanly(renderer: Renderer | None = None) -> Iterator[None]:
             renderer.summary()
         # The message quotes the user's input, which must not be read as rich markup ("[/]" would crash).
         console.print(f"[bold red]error:[/bold red] {escape(exc.message())}", soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(exit_code or exc.exit_code) from None
     except KeyboardInterrupt as exc:
         if renderer is not None:
             renderer.summary("interrupted")

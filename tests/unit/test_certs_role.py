@@ -190,3 +190,47 @@ def test_a_new_file_changes_the_digest_of_exactly_the_services_that_read_it(tmp_
 
     (pki / "kubeconfigs" / "node.kubeconfig").write_text("apiVersion: v1\nkind: Config\nchanged: yes\n")
     assert digests() == second  # read by no service named here
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the role installs files owned by root")
+def test_check_mode_names_the_files_a_run_replaces_and_shows_no_key(tmp_path: Path) -> None:
+    """`provisioner plan`'s view of the role (check mode with diffs): the files it would install, with no content
+    shown and no key in the run's directory; the real run then installs exactly those."""
+    pki, node = tmp_path / "pki", tmp_path / "node"
+    old_key, new_key = _key(), _key()
+    (pki / "kubeconfigs").mkdir(parents=True)
+    (pki / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n")
+    (pki / "node.key").write_text(old_key)
+    (pki / "kubeconfigs" / "node.kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
+    (node / "pki").mkdir(parents=True)
+    host = {"pki_dir": str(pki), "certs_dir": str(node)}
+    state = localnode.local_state(tmp_path / "state", localnode.one_host("node", **host), PLAYBOOK)
+
+    def run(check: bool) -> runner.RunResult:
+        return runner.run_playbook(
+            state, EventBus(), playbook=state.root / "site.yml", strategy_name="linear", check=check
+        )
+
+    run(check=False)
+    (pki / "node.key").write_text(new_key)  # a renewal on the admin machine
+    (node / "pki" / "ca.crt").chmod(0o600)  # and a mode changed on the node
+    installed = {p: (p.read_bytes(), p.stat().st_mode) for p in node.rglob("*") if p.is_file()}
+
+    planned = run(check=True)
+    assert {p: (p.read_bytes(), p.stat().st_mode) for p in node.rglob("*") if p.is_file()} == installed
+    [change] = planned.changes
+    assert (change.task, sorted(change.items)) == (
+        "Certificates, keys and kubeconfigs from the cluster PKI",
+        [
+            "pki/ca.crt",
+            "pki/node.key",
+        ],
+    )
+    assert change.diffs == ()
+    for key in (old_key, new_key):
+        assert _files_holding(state, key.splitlines()[1]) == []
+
+    done = run(check=False)
+    assert [(c.task, sorted(c.items)) for c in done.changes] == [(change.task, sorted(change.items))]
+    assert (node / "pki" / "node.key").read_text() == new_key
+    assert run(check=True).changes == []

@@ -47,6 +47,23 @@ def test_inventory_groups_and_host_vars(tmp_path: Path) -> None:
     assert worker["node_pod_cidr"] == "10.244.12.0/24"
 
 
+def test_planned_nodes_are_in_their_groups_in_spec_order_without_connection_details(tmp_path: Path) -> None:
+    """What `plan` hands Ansible when the HA spec's first master and a worker have no machine yet: the groups
+    (masters[0], the balancers) as `up` will see them; no SSH details for what does not exist."""
+    cluster = clusters.ha()
+    existing = [h for h in _hosts(cluster, tmp_path / "key") if h.name not in ("master-1", "worker-2")]
+    planned = [cluster.node("master-1"), cluster.node("worker-2")]
+    groups = inventory.inventory(cluster, existing, planned)["all"]["children"]["k8s_cluster"]["children"]
+    assert list(groups["masters"]["hosts"]) == [n.name for n in cluster.masters]
+    assert list(groups["workers"]["hosts"]) == list(groups[inventory.APISERVER_LB_GROUP]["hosts"])
+    assert list(groups["workers"]["hosts"]) == [n.name for n in cluster.workers]
+    new = groups["masters"]["hosts"]["master-1"]
+    assert new["node_address"] == str(cluster.node("master-1").address)
+    assert new["node_etcd_certs"] == {"server": "etcd-server-master-1", "peer": "etcd-peer-master-1"}
+    assert not [k for k in new if k.startswith("ansible_")]
+    assert groups["masters"]["hosts"]["master-2"]["ansible_user"] == "vagrant"
+
+
 def test_group_vars_derive_from_spec(tmp_path: Path) -> None:
     cluster = spec.load(paths.default_spec())
     state = State(tmp_path / "lab")

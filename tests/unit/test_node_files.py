@@ -79,13 +79,14 @@ def _node(tmp_path: Path, artifacts_dir: Path, sums: dict[str, str]) -> State:
     return localnode.local_state(tmp_path / "state", localnode.one_host("node", **host), PLAYBOOK)
 
 
-def _run(state: State, url: str | None) -> runner.RunResult:
+def _run(state: State, url: str | None, check: bool = False) -> runner.RunResult:
     return runner.run_playbook(
         state,
         EventBus(),
         playbook=state.root / "site.yml",
         strategy_name="linear",
         extravars={"artifacts_url": url} if url else None,
+        check=check,
     )
 
 
@@ -119,6 +120,46 @@ def test_files_are_installed_once_and_a_changed_file_is_replaced(
     cache = json.loads((node / "sums.json").read_text())
     assert {Path(p).name: e["sha256"] for p, e in cache.items()}["tool-a"] == sums["bin/tool-a"]
     assert len(cache) == 4
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int, int]]:
+    """Every file under root with its content, mode and mtime: what a check run must leave as it is."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("transport", ["push", "fetch"])
+def test_check_mode_names_the_files_a_run_replaces_and_changes_nothing(
+    tmp_path: Path, transport: str, request: pytest.FixtureRequest
+) -> None:
+    """`provisioner plan`'s view of the role: the files it would replace, their installed checksums; then the
+    real run replaces exactly those, and a check afterwards finds nothing to do."""
+    url = request.getfixturevalue("server") if transport == "fetch" else None
+    artifacts, node = tmp_path / "artifacts", tmp_path / "node"
+    sums = _artifacts(artifacts)
+    state = _node(tmp_path, tmp_path / "nowhere" if url else artifacts, sums)
+    _run(state, url)
+    (node / "bin" / "tool-a").write_bytes(b"tampered\n")
+    (node / "cni" / "bridge").unlink()
+    before = _tree(node)
+
+    planned = _run(state, url, check=True)
+    assert _tree(node) == before
+    [change] = planned.changes
+    assert sorted(change.items) == [str(node / "bin" / "tool-a"), str(node / "cni" / "bridge")]
+    held = planned.installed_sums["node"]
+    assert held[str(node / "bin" / "tool-a")] == hashlib.sha256(b"tampered\n").hexdigest()
+    assert held[str(node / "cni" / "bridge")] is None
+    assert held[str(node / "bin" / "tool-b")] == sums["bin/tool-b"]
+
+    done = _run(state, url)
+    assert [(c.task, sorted(c.items)) for c in done.changes] == [(change.task, sorted(change.items))]
+    assert done.hosts["node"].changed == planned.hosts["node"].changed == 1
+    assert (node / "cni" / "bridge").read_bytes() == (artifacts / "cni" / "bridge").read_bytes()
+    assert _run(state, url, check=True).changes == []
 
 
 def test_a_fetched_file_that_does_not_match_the_manifest_fails_the_run(tmp_path: Path, server: str) -> None:

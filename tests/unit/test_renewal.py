@@ -8,6 +8,7 @@ import datetime
 import subprocess
 from pathlib import Path
 
+import localnode
 import pytest
 import yaml
 from cryptography import x509
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from provisioner import certs, inventory, layout, lifecycle, paths, pki, renewal, runner, spec
 from provisioner.cli import app
+from provisioner.events import EventBus
 from provisioner.state import State
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -217,23 +219,60 @@ def test_the_cli_refuses_an_unknown_name_before_anything_changes(
     assert _snapshot(issued) == before
 
 
+# The kubelet role's handlers, notified as its unit task notifies them, on a certificate dir of this machine.
+DROP_PLAY = """
+- name: "Workers: local"
+  hosts: all
+  gather_facts: false
+  vars:
+    layout: {kubelet_cert_dir: "{{ cert_dir }}"}
+  tasks:
+    - name: A new unit
+      ansible.builtin.copy:
+        content: "{{ 1000000 | random }}"
+        dest: "{{ cert_dir }}/../unit"
+        mode: "0600"
+      notify: Drop the client certificates the kubelet renewed itself
+  handlers:
+    - name: The kubelet role's handlers
+      ansible.builtin.import_tasks: HANDLERS
+"""
+
+
 def test_a_new_kubelet_unit_drops_what_the_kubelet_renewed_itself_before_it_restarts(tmp_path: Path) -> None:
     role = runner.PLAYBOOK_DIR / "roles" / "kubelet"
-    handlers = [h["name"] for h in yaml.safe_load((role / "handlers" / "main.yml").read_text())]
+    handlers = yaml.safe_load((role / "handlers" / "main.yml").read_text())
     drop = "Drop the client certificates the kubelet renewed itself"
-    assert handlers.index(drop) < handlers.index("Restart kubelet")  # handlers run in the order written
+    names = [h["name"] for h in handlers]
+    # Handlers run in the order written: the renewed certificates are read, then dropped, then the kubelet restarts.
+    assert names.index(drop) < names.index("Restart kubelet")
+    assert [h["name"] for h in handlers if drop in (h["name"], h.get("listen"))] == [names[0], drop]
     unit = next(t for t in yaml.safe_load((role / "tasks" / "main.yml").read_text()) if t["name"] == "Systemd unit")
     assert unit["notify"] == [drop, "Restart kubelet"]
-    # The handler's command on a certificate dir as the kubelet leaves it: the link and what it points at go.
-    shell = yaml.safe_load((role / "handlers" / "main.yml").read_text())[0]["ansible.builtin.shell"]["cmd"]
-    pki_dir = tmp_path / "pki"
-    pki_dir.mkdir()
-    (pki_dir / "kubelet-client-2026-12-02-12-00-00.pem").write_text("cert and key")
-    (pki_dir / "kubelet-client-current.pem").symlink_to(pki_dir / "kubelet-client-2026-12-02-12-00-00.pem")
-    (pki_dir / "kubelet.crt").write_text("serving")
-    script = shell.replace("{{ layout.kubelet_cert_dir }}", str(pki_dir))
-    removed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30).stdout
-    assert sorted(p.name for p in pki_dir.iterdir()) == ["kubelet.crt"]
-    assert len(removed.split()) == 2
-    again = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30).stdout
-    assert again == ""  # nothing left: reported unchanged
+
+    # On a certificate dir as the kubelet leaves it: the link and what it points at go, in check mode too by name.
+    cert_dir = tmp_path / "pki"
+    cert_dir.mkdir()
+    (cert_dir / "kubelet-client-2026-12-02-12-00-00.pem").write_text("cert and key")
+    (cert_dir / "kubelet-client-current.pem").symlink_to(cert_dir / "kubelet-client-2026-12-02-12-00-00.pem")
+    (cert_dir / "kubelet.crt").write_text("serving")
+    state = localnode.local_state(
+        tmp_path / "state",
+        localnode.one_host("worker", cert_dir=str(cert_dir)),
+        DROP_PLAY.replace("HANDLERS", str(role / "handlers" / "main.yml")),
+    )
+
+    def run(check: bool) -> list[runner.TaskChange]:
+        result = runner.run_playbook(
+            state, EventBus(), playbook=state.root / "site.yml", strategy_name="linear", check=check
+        )
+        return [c for c in result.changes if c.handler]
+
+    pems = sorted(str(p) for p in cert_dir.glob("kubelet-client-*.pem"))
+    [planned] = run(check=True)
+    assert (planned.task, sorted(planned.items)) == (drop, pems)
+    assert len(list(cert_dir.iterdir())) == 3
+    [dropped] = run(check=False)
+    assert (dropped.task, sorted(dropped.items)) == (drop, pems)
+    assert sorted(p.name for p in cert_dir.iterdir()) == ["kubelet.crt"]
+    assert run(check=False) == []  # nothing left: reported unchanged

@@ -220,3 +220,110 @@ def test_a_signal_during_a_run_stops_it_and_reaches_the_caller(tmp_path: Path, s
     out, err = proc.communicate(timeout=45)
     assert out.split("\n")[-2] == expected, err[-2000:]
     assert time.monotonic() - started < 40, "the run was not cancelled: it waited for the task"
+
+
+CHECKED = """
+- name: "Alpha: local"
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Files
+      ansible.builtin.copy:
+        dest: "{{ target }}/{{ item }}.txt"
+        content: "{{ item }} now\\n"
+        mode: "0644"
+      loop: [kept, replaced, added]
+      loop_control:
+        label: "{{ item }}.txt"
+      notify: Apply the files
+    - name: Mode
+      ansible.builtin.file:
+        path: "{{ target }}/private.txt"
+        mode: "0600"
+  handlers:
+    - name: Apply the files
+      node_command:
+        argv: [touch, "{{ target }}/applied"]
+"""
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode) for p in sorted(root.rglob("*"))}
+
+
+def _what(run: runner.RunResult) -> list[tuple[str, str, bool, tuple[str, ...]]]:
+    return [(c.host, c.task, c.handler, c.items) for c in run.changes]
+
+
+@pytest.mark.parametrize("strategy", ["linear", "mitogen_linear"])
+def test_check_mode_names_what_the_real_run_then_changes_and_changes_nothing(
+    local_state: State, tmp_path: Path, strategy: str
+) -> None:
+    """Every changed task with its items, the diffs of text files and the handlers; the real run agrees."""
+    target = tmp_path / "node"
+    target.mkdir()
+    (target / "kept.txt").write_text("kept now\n")
+    (target / "kept.txt").chmod(0o644)
+    (target / "replaced.txt").write_text("replaced before\n")
+    (target / "private.txt").write_text("private\n")
+    (target / "private.txt").chmod(0o644)
+    before = _tree(target)
+    play = _write(tmp_path, CHECKED)
+
+    def run(check: bool) -> runner.RunResult:
+        return runner.run_playbook(
+            local_state,
+            EventBus(),
+            playbook=play,
+            extravars={"target": str(target)},
+            strategy_name=strategy,
+            check=check,
+        )
+
+    planned = run(check=True)
+    assert _tree(target) == before
+    assert _what(planned) == [
+        ("box", "Files", False, ("replaced.txt", "added.txt")),
+        ("box", "Mode", False, ()),
+        ("box", "Apply the files", True, ()),
+    ]
+    files = {d.path: d for d in planned.changes[0].diffs}
+    assert files[str(target / "replaced.txt")].text.splitlines()[-2:] == ["-replaced before", "+replaced now"]
+    assert files[str(target / "added.txt")].new and "+added now" in files[str(target / "added.txt")].text
+    assert [d.text for d in planned.changes[1].diffs] == ["mode: 0644 -> 0600"]
+    assert planned.hosts["box"].changed == 3
+
+    done = run(check=False)
+    assert _what(done) == _what(planned)
+    assert done.hosts["box"].changed == planned.hosts["box"].changed
+    assert (target / "applied").exists() and (target / "added.txt").read_text() == "added now\n"
+    assert run(check=True).changes == []
+
+
+KEY_COPY = """
+- name: "Alpha: local"
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: A key copied without diff false
+      ansible.builtin.copy:
+        dest: "{{ target }}"
+        content: "{{ key }}"
+        mode: "0600"
+"""
+
+
+def test_a_diff_that_holds_a_private_key_is_withheld(local_state: State, tmp_path: Path) -> None:
+    """The net under the roles' `diff: false`: a key in a diff is never part of a change."""
+    key = f"-----BEGIN PRIVATE KEY-----\n{secrets.token_hex(24)}\n-----END PRIVATE KEY-----\n"
+    planned = runner.run_playbook(
+        local_state,
+        EventBus(),
+        playbook=_write(tmp_path, KEY_COPY),
+        extravars={"target": str(tmp_path / "key.pem"), "key": key},
+        strategy_name="linear",
+        check=True,
+    )
+    [change] = planned.changes
+    assert [d.text for d in change.diffs] == [runner.WITHHELD]
+    assert not (tmp_path / "key.pem").exists()
