@@ -84,6 +84,12 @@ class Plan:
     unlisted: list[str]  # machines `up` saw that the spec no longer names: `up` leaves them alone
     issued: list[str]  # what the admin machine would issue in the PKI (leaves, kubeconfigs, CAs)
     run: runner.RunResult | None  # the check run (None when no machine exists)
+    running_version: str | None = None  # what the cluster last converged to (None: never, or not recorded)
+
+    @property
+    def version_change(self) -> bool:
+        """`up` would refuse this spec: only `provisioner upgrade` changes the version (lifecycle.up)."""
+        return self.running_version is not None and self.running_version != self.kubernetes_version
 
     @property
     def changes(self) -> int:
@@ -157,7 +163,15 @@ def plan(
         unlisted,
         made.issued,
         run,
+        _running_version(state),
     )
+
+
+def _running_version(state: State) -> str | None:
+    try:
+        return state.version_file.read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def _binaries(

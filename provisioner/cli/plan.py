@@ -34,6 +34,11 @@ def plan(spec_file: SpecOption = None, source: SourceOption = None, strategy: St
 def render(result: plan_mod.Plan) -> list[str]:
     """The plan as lines of text: per host its changes, then a summary."""
     lines = [f"plan for cluster {result.cluster} (Kubernetes {result.kubernetes_version}):"]
+    if result.version_change:
+        lines.append(
+            f"the cluster runs {result.running_version}: `up` refuses a version change; `provisioner upgrade` "
+            "makes these changes node by node, each worker drained first"
+        )
     if result.issued:
         lines.append(f"admin machine: would issue {', '.join(result.issued)}")
     for host in result.hosts:

@@ -164,3 +164,14 @@ def test_a_change_prints_its_items_and_diff_with_the_file_named() -> None:
         "    +new",
     ]
     assert lines[8] == "    /etc/x: mode: 0644 -> 0600"
+
+
+def test_a_version_other_than_the_running_one_names_upgrade() -> None:
+    result = _plan([])
+    assert not any("refuses a version change" in line for line in plan_cli.render(result))
+    result.running_version = "v1.36.3"
+    assert result.version_change
+    assert plan_cli.render(result)[1] == (
+        "the cluster runs v1.36.3: `up` refuses a version change; `provisioner upgrade` makes these changes "
+        "node by node, each worker drained first"
+    )

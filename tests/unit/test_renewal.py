@@ -19,7 +19,11 @@ from provisioner.cli import app
 from provisioner.events import EventBus
 from provisioner.state import State
 
-NOW = datetime.datetime.now(datetime.UTC)
+
+@pytest.fixture
+def now() -> datetime.datetime:
+    """This test's now: certificates are issued backdated a few minutes, so a module-wide one goes stale."""
+    return datetime.datetime.now(datetime.UTC)
 
 
 @pytest.fixture
@@ -96,26 +100,30 @@ def test_a_renewed_leaf_gets_a_new_key_and_serial_from_the_same_ca_and_nothing_e
     assert set(result.issued) >= {"apiserver", "admin", "admin.kubeconfig", "admin-local.kubeconfig"}
 
 
-def test_leaves_can_be_issued_as_of_a_time_past_so_that_they_have_expired(cluster: spec.Cluster, issued: State) -> None:
+def test_leaves_can_be_issued_as_of_a_time_past_so_that_they_have_expired(
+    now: datetime.datetime, cluster: spec.Cluster, issued: State
+) -> None:
     """How the lab test makes a cluster whose certificates expired while it was off."""
     short = cluster.model_copy(
         update={"spec": cluster.spec.model_copy(update={"pki": spec.PkiSpec(leafValidity="2h", renewBefore="30m")})}
     )
-    past = NOW - datetime.timedelta(hours=3)
+    past = now - datetime.timedelta(hours=3)
     pki.ensure(short, issued, now=past, renew=renewal.choose(short, [], everything=True))
-    assert all(_facts(issued, c.name).not_after < NOW for c in pki.cluster_certs(short))
-    assert _facts(issued, "ca").not_after > NOW + datetime.timedelta(days=3000)
+    assert all(_facts(issued, c.name).not_after < now for c in pki.cluster_certs(short))
+    assert _facts(issued, "ca").not_after > now + datetime.timedelta(days=3000)
 
 
 def _found(where: str, file: str, cert: certs.CertFacts) -> certs.Found:
     return certs.Found(where, file, cert)
 
 
-def test_rolling_unless_an_installed_certificate_is_out_of_its_validity(cluster: spec.Cluster, issued: State) -> None:
+def test_rolling_unless_an_installed_certificate_is_out_of_its_validity(
+    now: datetime.datetime, cluster: spec.Cluster, issued: State
+) -> None:
     names = ("apiserver",)
     good = _found("master-1", "pki/apiserver.crt", _facts(issued, "apiserver"))
-    assert renewal.plan(cluster, issued, names, [good], NOW).rolling
-    later = NOW + datetime.timedelta(days=400)
+    assert renewal.plan(cluster, issued, names, [good], now).rolling
+    later = now + datetime.timedelta(days=400)
     planned = renewal.plan(cluster, issued, names, [good], later)
     assert not planned.rolling and planned.expired == (good,)
     assert "all at once" in planned.describe() and "pki/apiserver.crt on master-1" in planned.describe()
@@ -125,19 +133,19 @@ def test_rolling_unless_an_installed_certificate_is_out_of_its_validity(cluster:
 
 
 def test_a_node_that_cannot_be_read_or_a_cluster_never_brought_up_is_refused(
-    cluster: spec.Cluster, issued: State, tmp_path: Path
+    now: datetime.datetime, cluster: spec.Cluster, issued: State, tmp_path: Path
 ) -> None:
     down = certs.Unreadable("worker-2", "(node)", "ssh: connect to host 192.168.56.12 port 22: No route to host")
     with pytest.raises(renewal.RenewError) as refused:
-        renewal.plan(cluster, issued, ("apiserver",), [down], NOW)
+        renewal.plan(cluster, issued, ("apiserver",), [down], now)
     assert "worker-2 ((node): ssh: connect" in refused.value.message() and "start the node" in refused.value.message()
     with pytest.raises(renewal.RenewError) as never:
-        renewal.plan(cluster, State(tmp_path / "empty"), ("apiserver",), [], NOW)
+        renewal.plan(cluster, State(tmp_path / "empty"), ("apiserver",), [], now)
     assert "it was never brought up" in never.value.message()
 
 
 def test_a_copy_left_behind_is_found_and_look_alike_leaves_are_not_mistaken_for_it(
-    cluster: spec.Cluster, issued: State
+    now: datetime.datetime, cluster: spec.Cluster, issued: State
 ) -> None:
     # A lone etcd member's server and peer certificates have the same subject, issuer and names.
     server_old, peer = _facts(issued, "etcd-server"), _facts(issued, "etcd-peer")
@@ -149,9 +157,9 @@ def test_a_copy_left_behind_is_found_and_look_alike_leaves_are_not_mistaken_for_
         _found("master-1", "pki/etcd-server.crt", server_new),
         _found("master-1", "pki/etcd-peer.crt", peer),  # not renewed: still current
     ]
-    assert renewal.stale(installed, current, [server_new], NOW) == []
+    assert renewal.stale(installed, current, [server_new], now) == []
     left_behind = _found("master-1", "pki/etcd-server.crt", server_old)
-    assert renewal.stale([*installed, left_behind], current, [server_new], NOW) == [left_behind]
+    assert renewal.stale([*installed, left_behind], current, [server_new], now) == [left_behind]
 
 
 def test_the_kubelets_own_certificate_is_new_when_signed_after_the_renewal_began(
