@@ -109,10 +109,12 @@ def ensure(state: State, targets: Sequence[str], namespace: str | None) -> Forwa
     """A forwarder to every one of `targets` for this cluster: the running one if it still fits, else a new one."""
     current = running(state)
     credentials = _link_credentials(state)
-    fits = current is not None and (current.targets, current.namespace, current.credentials) == (
-        tuple(targets),
-        namespace,
-        credentials,
+    # The same targets, credentials and configuration as it started with (a new release of the role's template
+    # or defaults changes the last).
+    fits = (
+        current is not None
+        and (current.targets, current.namespace, current.credentials) == (tuple(targets), namespace, credentials)
+        and _config_file(state).read_text() == config(current.port, targets, namespace)
     )
     if current is not None and fits and _accepts(current.port):
         return current

@@ -231,3 +231,22 @@ def test_the_workers_balancer_is_handed_every_credential_its_configuration_names
     assert set(given) == named | {"health-check.crt.key"}  # haproxy reads a certificate's key from <cert>.key
     issued = {f"{stem}.{ext}" for stem in pki.leaf_names(clusters.default()) for ext in ("crt", "key")}
     assert set(given.values()) <= issued | {"ca.crt"}
+
+
+def test_a_changed_configuration_restarts_the_forwarder(
+    state: State, apiservers: tuple[Apiserver, Apiserver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new release of the balancer's template or defaults (here: another check interval) reaches a
+    forwarder that an earlier `up` left running: same targets, same credentials, yet restarted."""
+    first, _ = apiservers
+    fwd = forwarder.ensure(state, _targets(first), None)
+    try:
+        defaults = forwarder._role_defaults()
+        monkeypatch.setattr(forwarder, "_role_defaults", lambda: {**defaults, "apiserver_lb_check_interval": "4s"})
+        changed = forwarder.ensure(state, _targets(first), None)
+        assert changed.pid != fwd.pid and changed.port == fwd.port
+        fwd = changed
+        assert "inter 4s" in (state.root / "forwarder.cfg").read_text()
+        assert forwarder.ensure(state, _targets(first), None) == fwd  # and then reused again
+    finally:
+        forwarder.stop(state)
