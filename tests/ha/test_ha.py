@@ -12,7 +12,7 @@ import time
 from pathlib import PurePosixPath
 
 import pytest
-from halab import HaLab
+from halab import HaLab, settle
 
 from provisioner import artifacts, backup, certs, endpoints, forwarder, layout, lifecycle, renewal, replace, spec
 from provisioner.events import EventBus
@@ -161,7 +161,15 @@ def _patient(kubectl: Kubectl, *args: str) -> None:
             time.sleep(5)
 
 
-def test_a_restore_brings_back_what_the_backup_holds_and_the_cluster_passes_verify(ha_lab: HaLab) -> None:
+@pytest.fixture
+def settled(ha_lab: HaLab) -> HaLab:
+    """The lab whole again after the tests that power masters off, however long that takes (bounded)."""
+    print(f"\nthe lab whole again (every apiserver ready, every etcd member healthy) after {settle(ha_lab):.0f}s")
+    return ha_lab
+
+
+def test_a_restore_brings_back_what_the_backup_holds_and_the_cluster_passes_verify(settled: HaLab) -> None:
+    ha_lab = settled
     kubectl = ha_lab.admin()
     _patient(kubectl, "create", "namespace", "deleted-after-backup")
     bus = EventBus()
@@ -208,7 +216,8 @@ def test_a_restore_brings_back_what_the_backup_holds_and_the_cluster_passes_veri
     kubectl.run("delete", "namespace", "deleted-after-backup", "--wait=false")
 
 
-def test_a_destroyed_master_is_replaced_and_nothing_is_lost(ha_lab: HaLab) -> None:
+def test_a_destroyed_master_is_replaced_and_nothing_is_lost(settled: HaLab) -> None:
+    ha_lab = settled
     kubectl = ha_lab.admin()
     kubectl.run("create", "namespace", "before-replace")
     kubectl.run("-n", "before-replace", "create", "configmap", "kept", "--from-literal=made=before")
@@ -243,8 +252,9 @@ def test_a_destroyed_master_is_replaced_and_nothing_is_lost(ha_lab: HaLab) -> No
     kubectl.run("delete", "namespace", "before-replace", "--wait=false")
 
 
-def test_certs_renew_all_restarts_one_master_at_a_time_and_the_api_stays_up(ha_lab: HaLab) -> None:
+def test_certs_renew_all_restarts_one_master_at_a_time_and_the_api_stays_up(settled: HaLab) -> None:
     """Every leaf renewed while the admin machine writes and reads through its balancer once a second."""
+    ha_lab = settled
     cluster, state = ha_lab.cluster, ha_lab.state
     nodes = [n.name for n in cluster.spec.nodes]
     found = certs.from_nodes(ha_lab.ssh(), nodes)
