@@ -114,7 +114,7 @@ def ensure(state: State, targets: Sequence[str], namespace: str | None) -> Forwa
     fits = (
         current is not None
         and (current.targets, current.namespace, current.credentials) == (tuple(targets), namespace, credentials)
-        and _config_file(state).read_text() == config(current.port, targets, namespace)
+        and _started_config(state) == config(current.port, targets, namespace)
     )
     if current is not None and fits and _accepts(current.port):
         return current
@@ -203,6 +203,14 @@ def _role_defaults() -> dict[str, Any]:
 
 def _config_file(state: State) -> Path:
     return state.root / "forwarder.cfg"
+
+
+def _started_config(state: State) -> str:
+    """The configuration the running forwarder was started from ("" when the file is gone)."""
+    try:
+        return _config_file(state).read_text()
+    except OSError:
+        return ""
 
 
 def _credentials_dir(state: State) -> Path:

@@ -102,8 +102,9 @@ def inventory(cluster: Cluster, hosts: list[HostConnection], planned: Sequence[N
     (`provisioner plan`, which must see the cluster as `up` would converge it)."""
     groups: dict[str, dict[str, Any]] = {g: {"hosts": {}} for g in GROUPS.values()}
     by_name = {h.name: h for h in hosts}
+    wanted = {*by_name, *(p.name for p in planned)}
     # Spec order, so that masters[0] (the addons play's host) is the master `up` would use.
-    listed = [n for n in cluster.spec.nodes if n.name in by_name or n.name in {p.name for p in planned}]
+    listed = [n for n in cluster.spec.nodes if n.name in wanted]
     for node in listed:
         host = by_name.get(node.name)
         groups[GROUPS[node.role]]["hosts"][node.name] = (

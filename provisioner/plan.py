@@ -181,24 +181,27 @@ def _binaries(
     files = {a.target: a for a in layout.files_for(host.role)}
     replaced = [item for c in host.changes for item in c.items if item in files]
     current = manifest_mod.load(aset.manifest, aset.kubernetes_version)
+    known = _known_versions(cluster) if replaced else {}
     found = []
     for path in replaced:
         artifact = files[path]
         entry = current.files.get(artifact.path)
         sha = installed.get(path)
-        old = "" if sha is None else _version_of(cluster, artifact.path, sha)
+        old = "" if sha is None else known.get((artifact.path, sha), "unknown")
         found.append(BinaryChange(path, artifact.component, old, entry.version if entry else "?"))
     return found
 
 
-def _version_of(cluster: Cluster, artifact_path: str, sha256: str) -> str:
-    """The version of the cached artifact set (of a supported release) whose file has this checksum."""
+def _known_versions(cluster: Cluster) -> dict[tuple[str, str], str]:
+    """(artifact path, sha256) -> version, from the manifests of the cached artifact sets of supported releases:
+    how an installed file's version is told from its checksum."""
+    known: dict[tuple[str, str], str] = {}
     for version in SUPPORTED:
         cached = ArtifactSet(cache_dir(cluster) / version, version)
         try:
-            entry = manifest_mod.load(cached.manifest, version).files.get(artifact_path)
+            files = manifest_mod.load(cached.manifest, version).files
         except ArtifactError:
             continue
-        if entry is not None and entry.sha256 == sha256:
-            return entry.version
-    return "unknown"
+        for path, entry in files.items():
+            known.setdefault((path, entry.sha256), entry.version)
+    return known

@@ -212,6 +212,11 @@ def _change(phase: str, host: str, task: str, handler: bool, res: Mapping[str, A
     return TaskChange(phase, host, task, handler, items, diffs)
 
 
+def status_word(status: str, check: bool) -> str:
+    """A task status as a person reads it: in check mode (`provisioner plan`) nothing changed, it would."""
+    return "would change" if check and status == "changed" else status
+
+
 class _Translator:
     """Turns ansible-runner events into provisioner events and keeps per-phase counts and every change."""
 
@@ -245,7 +250,7 @@ class _Translator:
             return
         self._phase.seconds = time.monotonic() - self._started
         self.phases.append(self._phase)
-        verb = "would change" if self.check else "changed"
+        verb = status_word("changed", self.check)
         self.bus.emit(
             PhaseFinished(self._phase.name, self._phase.seconds, ok=ok, detail=f"{self._phase.changed} {verb}")
         )

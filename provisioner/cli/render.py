@@ -28,6 +28,7 @@ from provisioner.events import (
     TaskResult,
     Warning,
 )
+from provisioner.runner import status_word
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -144,7 +145,7 @@ class Renderer:
             console.print("tasks: " + ", ".join(f"{self._word(status)}={count}" for status, count in counts))
 
     def _word(self, status: str) -> str:
-        return "would change" if self.check and status == "changed" else status
+        return status_word(status, self.check)
 
 
 def cli_bus(check: bool = False) -> tuple[EventBus, Renderer]:

@@ -1,4 +1,5 @@
-"""The admin machine after `up`: the merged context, its removal, the kubectl link, the loopback forwarder."""
+"""The admin machine after `up`: the merged context, its removal, the kubectl link (the loopback forwarder:
+test_forwarder.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 from pytest import MonkeyPatch
 from typer.testing import CliRunner
 
-from provisioner import admin, cli, forwarder, paths, pki, spec
+from provisioner import admin, cli, paths, pki, spec
 from provisioner.errors import ProvisionerError
 from provisioner.state import State
 
@@ -174,18 +175,6 @@ def test_a_kubectl_earlier_on_path_is_named_with_the_line_to_add(tmp_path: Path,
     link, note = admin.link_kubectl(_fake_artifact_kubectl(tmp_path / "cache", "v1.37.2"), bindir)
     assert link == bindir / "kubectl"
     assert str(first / "kubectl") in note and f'export PATH="{bindir}:$PATH"' in note
-
-
-def test_the_forwarder_config_is_the_workers_balancer_with_the_labs_namespace() -> None:
-    text = forwarder.config(41234, ["192.168.56.10:6443", "192.168.56.11:6443"], "prov-ha")
-    servers = [line.split() for line in text.splitlines() if line.strip().startswith("server ")]
-    assert servers == [
-        ["server", "apiserver-1", "192.168.56.10:6443", "namespace", "prov-ha"],
-        ["server", "apiserver-2", "192.168.56.11:6443", "namespace", "prov-ha"],
-    ]
-    assert "bind 127.0.0.1:41234" in text
-    assert "on-marked-down shutdown-sessions" in text  # connections to a dead master are closed at once
-    assert "namespace" not in forwarder.config(41234, ["10.0.0.1:6443"], None).split("backend", 1)[1]
 
 
 def test_cli_kubeconfig_prints_the_user_file(state: State, monkeypatch: MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ import pytest
 from provisioner import forwarder, layout, pki
 from provisioner.state import State
 
-pytestmark = pytest.mark.skipif(forwarder.haproxy() is None, reason="scripts/deps.sh installs haproxy")
+needs_haproxy = pytest.mark.skipif(forwarder.haproxy() is None, reason="scripts/deps.sh installs haproxy")
 
 # The health checks run every 3 s and a master is out after 3 failures, back after 2 good ones.
 SWITCH_SECONDS = 30
@@ -151,6 +151,7 @@ def _listens_on(port: int) -> set[str]:
     return found
 
 
+@needs_haproxy
 def test_the_forwarder_relays_tls_listens_on_loopback_only_is_reused_and_stops(
     state: State, apiservers: tuple[Apiserver, Apiserver]
 ) -> None:
@@ -172,6 +173,7 @@ def test_the_forwarder_relays_tls_listens_on_loopback_only_is_reused_and_stops(
     assert not forwarder.stop(state)
 
 
+@needs_haproxy
 def test_the_forwarder_fails_over_to_an_apiserver_that_answers(
     state: State, apiservers: tuple[Apiserver, Apiserver]
 ) -> None:
@@ -187,6 +189,7 @@ def test_the_forwarder_fails_over_to_an_apiserver_that_answers(
         forwarder.stop(state)
 
 
+@needs_haproxy
 def test_an_apiserver_that_is_not_ready_gets_no_connections_until_it_is(
     state: State, apiservers: tuple[Apiserver, Apiserver]
 ) -> None:
@@ -204,6 +207,7 @@ def test_an_apiserver_that_is_not_ready_gets_no_connections_until_it_is(
     assert first.checked_by == second.checked_by == {layout.APISERVER_HEALTH_CHECK}
 
 
+@needs_haproxy
 def test_new_health_check_credentials_restart_the_forwarder(
     state: State, apiservers: tuple[Apiserver, Apiserver]
 ) -> None:
@@ -233,6 +237,7 @@ def test_the_workers_balancer_is_handed_every_credential_its_configuration_names
     assert set(given.values()) <= issued | {"ca.crt"}
 
 
+@needs_haproxy
 def test_a_changed_configuration_restarts_the_forwarder(
     state: State, apiservers: tuple[Apiserver, Apiserver], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,3 +255,15 @@ def test_a_changed_configuration_restarts_the_forwarder(
         assert forwarder.ensure(state, _targets(first), None) == fwd  # and then reused again
     finally:
         forwarder.stop(state)
+
+
+def test_the_forwarder_config_is_the_workers_balancer_with_the_labs_namespace() -> None:
+    text = forwarder.config(41234, ["192.168.56.10:6443", "192.168.56.11:6443"], "prov-ha")
+    servers = [line.split() for line in text.splitlines() if line.strip().startswith("server ")]
+    assert servers == [
+        ["server", "apiserver-1", "192.168.56.10:6443", "namespace", "prov-ha"],
+        ["server", "apiserver-2", "192.168.56.11:6443", "namespace", "prov-ha"],
+    ]
+    assert "bind 127.0.0.1:41234" in text
+    assert "on-marked-down shutdown-sessions" in text  # connections to a dead master are closed at once
+    assert "namespace" not in forwarder.config(41234, ["10.0.0.1:6443"], None).split("backend", 1)[1]
