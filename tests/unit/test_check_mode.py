@@ -4,6 +4,7 @@ check mode), waits are left out of it, and only the certs role copies the PKI's 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,31 @@ def test_check_mode_refuses_a_host_whose_first_converge_did_not_finish(tmp_path:
     assert "worker-9 has not been converged yet (containerd, kube-proxy not installed)" in refused.value.cause
     assert "`provisioner up` converges it" in refused.value.cause
     assert "picks up where it stopped" not in refused.value.fix  # a check run has nothing to resume
+
+
+SLOW_PROBE = """
+- name: "A service that never becomes healthy, each probe of it slow"
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Wait for it
+      ansible.builtin.include_role:
+        name: service_check
+      vars:
+        service_check_unit: never-healthy
+        service_check_timeout: 4
+        service_check_delay: 1
+        service_check_command: [sh, -c, "sleep 3; exit 1"]
+"""
+
+
+def test_a_wait_is_bounded_by_its_time_not_by_its_count_of_probes(tmp_path: Path) -> None:
+    """Seen on the HA lab: a 420 s wait that ran 40 min, each probe of a starved apiserver taking 30 s. Here
+    four probes of 3 s each, 1 s apart, would take 16 s; the 4 s bound ends the wait after the second."""
+    state = localnode.local_state(tmp_path / "state", localnode.one_host("box"), SLOW_PROBE)
+    started = time.monotonic()
+    with pytest.raises(PlaybookError) as failed:
+        runner.run_playbook(state, EventBus(), playbook=state.root / "site.yml", strategy_name="linear")
+    waited = time.monotonic() - started
+    assert "never-healthy on box was not healthy within 4 s" in str(failed.value.cause), failed.value.cause
+    assert waited < 12, f"the 4 s wait took {waited:.0f}s"
