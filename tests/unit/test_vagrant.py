@@ -102,6 +102,8 @@ def test_lab_settings_carry_each_nodes_identity(lab: VagrantLab) -> None:
     cmdline = settings["nodes"]["worker-1"]["cmdline"]
     assert "systemd.hostname=worker-1" in cmdline
     assert "provisioner.address=192.168.56.11/24" in cmdline
+    # emulated guests read the clock from the TSC, not from HPET (a system call per read)
+    assert ("clocksource=tsc tsc=reliable" in cmdline) == (settings["driver"] == "qemu")
     key = cmdline.split("provisioner.ssh_key=")[1].split()[0]
     public = (lab.state.ssh_key.parent / "id_ed25519.pub").read_bytes().strip()
     assert base64.b64decode(key) == public
