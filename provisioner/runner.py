@@ -332,7 +332,8 @@ def _env(state: State, chosen: str, host_key_checking: bool) -> dict[str, str]:
             )
         plugins = Path(next(iter(spec.submodule_search_locations))) / "plugins" / "strategy"
         env["ANSIBLE_STRATEGY_PLUGINS"] = str(plugins)
-    # The same options as every other SSH connection to the nodes (Ansible's own timeout, 60 s, for connecting).
+    # The same options as every other SSH connection to the nodes: 60 s for the TCP connect (Ansible's own bound
+    # on the whole connection set-up is ansible.cfg's timeout).
     options = hosts.ssh_options(state.known_hosts, strict=host_key_checking, connect_timeout=60)
     env["ANSIBLE_HOST_KEY_CHECKING"] = str(host_key_checking)
     env["ANSIBLE_SSH_ARGS"] = shlex.join(options)
