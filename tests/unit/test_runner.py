@@ -173,8 +173,10 @@ SLOW = """
       changed_when: false
 """
 
-# Runs a slow playbook in a process of its own, then reports how the run ended and whether SIGTERM
-# still has its default action afterwards (ansible-runner's own handler would have stayed, swallowing it).
+# Runs a slow playbook in a process of its own, then reports how the run ended and whether the signal's
+# handler is the one the process had before the run (ansible-runner's own would have stayed, swallowing it).
+# Compared with what the process started with, not with Python's default: a process started from a
+# background job of a non-interactive shell inherits SIGINT ignored, and the run must give that back too.
 _DRIVER = """
 import signal, sys
 sys.path.insert(0, sys.argv[3])
@@ -182,14 +184,15 @@ import localnode
 from pathlib import Path
 from provisioner import runner
 from provisioner.events import EventBus
+before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 state = localnode.local_state(Path(sys.argv[1]), localnode.one_host("box"))
 try:
     runner.run_playbook(state, EventBus(), playbook=Path(sys.argv[2]), strategy_name="linear")
     print("finished")
 except runner.Terminated:
-    print("terminated", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    print("terminated", signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM])
 except KeyboardInterrupt:
-    print("interrupted", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    print("interrupted", signal.getsignal(signal.SIGINT) is before[signal.SIGINT])
 """
 
 
