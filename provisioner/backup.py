@@ -21,9 +21,10 @@ components that cache state) and etcd's ("Disaster recovery") describe:
    (this cluster's members, peer URLs and token, as the etcd unit names them: endpoints.py) into
    layout.ETCD_DATA_RESTORING, which is handed to the etcd user and only then renamed to the data dir;
 3. etcd starts on every master without waiting (``--no-block``: a member of several reports itself
-   started only once a majority runs) and each must answer ``endpoint health``; then every apiserver,
-   until ``/readyz``; then the controller-managers and schedulers; then kubelet and kube-proxy restart on
-   every worker, so that nothing keeps what it cached from the state the restore took back.
+   started only once a majority runs) and each must answer ``endpoint health``; then the apiservers, one
+   master at a time, each until it answers ``/readyz``; then the controller-managers and schedulers; then
+   kubelet and kube-proxy restart on every worker, so that nothing keeps what it cached from the state the
+   restore took back.
 
 The restore bumps etcd's revision by BUMP_REVISION and marks the old ones compacted (etcd's answer to
 "etcd restore for Kubernetes", etcd-io/etcd#16028): a client that saw a resourceVersion newer than the
@@ -58,7 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from provisioner import endpoints, layout, providers
+from provisioner import endpoints, layout, paths, providers
 from provisioner.errors import ProvisionerError, ToolMissing
 from provisioner.events import EventBus, Phase
 from provisioner.files import write_atomic
@@ -73,8 +74,10 @@ SIDECAR_SUFFIX = ".json"
 STAMP = "%Y%m%dT%H%M%SZ"
 # Far above any revision a lab or a small cluster reaches between two backups.
 BUMP_REVISION = 1_000_000_000
-# Bound on each wait: etcd's members finding each other, an apiserver's /readyz (minutes on an emulated VM).
-WAIT_SECONDS = 300.0
+# Bounds on each wait, the ones `up` gives the same start (the roles' defaults): etcd's members finding each
+# other; an apiserver's /readyz, minutes on an emulated master (its post-start hooks bootstrap the RBAC roles).
+ETCD_WAIT_SECONDS = float(paths.role_defaults("etcd")["etcd_start_timeout"])
+APISERVER_WAIT_SECONDS = float(paths.role_defaults("control_plane")["control_plane_start_timeout"])
 POLL_SECONDS = 5.0
 TRANSFER_SECONDS = 900.0
 # A backup's temporary directory older than this was left by a killed run, not by one still busy.
@@ -726,11 +729,14 @@ def restore(
     remote: Remote,
     bus: EventBus,
     backups: Path,
-    timeout: float = WAIT_SECONDS,
+    timeout: float | None = None,
     interval: float = POLL_SECONDS,
 ) -> RestoreResult:
-    """Stop the control plane, restore every member, start everything again in order (see the module)."""
+    """Stop the control plane, restore every member, start everything again in order (see the module).
+    Each wait is bounded by `timeout` when given, else by ETCD_WAIT_SECONDS or APISERVER_WAIT_SECONDS."""
     p = restore_plan
+    etcd_timeout = ETCD_WAIT_SECONDS if timeout is None else timeout
+    apiserver_timeout = APISERVER_WAIT_SECONDS if timeout is None else timeout
     result = RestoreResult(p.snapshot.sidecar.name)
     record = {"sha256": p.snapshot.sidecar.sha256, "run": p.run, "snapshot": p.snapshot.sidecar.name}
     backups.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -757,7 +763,7 @@ def restore(
             _wait(
                 f"etcd on {master} to answer endpoint health{quorum}",
                 functools.partial(remote.run, master, health_script()),
-                timeout,
+                etcd_timeout,
                 interval,
                 f"look at `journalctl -u etcd` on {master}",
             )
@@ -774,14 +780,15 @@ def restore(
             )
         phase.progress(f"etcd serves revision {result.revision} (the snapshot's {p.snapshot.status.revision} bumped)")
 
-    with step("start apiservers", "on every master, then each must answer /readyz") as phase:
+    # One at a time, as `certs renew` restarts them: three started together on the emulated HA lab shared its
+    # two host cores, and master-1's had not finished its rbac/bootstrap-roles post-start hook after 300 s.
+    with step("start apiservers", "one master at a time, each until it answers /readyz") as phase:
         for master in p.masters:
             remote.run(master, systemctl_script("start", (APISERVER,)), timeout=180)
-        for master in p.masters:
             _wait(
                 f"the kube-apiserver on {master} to answer /readyz",
                 functools.partial(remote.run, master, readyz_script(), 60),
-                timeout,
+                apiserver_timeout,
                 interval,
                 f"look at `journalctl -u {APISERVER}` on {master}",
             )

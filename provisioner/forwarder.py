@@ -35,16 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
 
 from provisioner.errors import ProvisionerError, ToolMissing
-from provisioner.paths import REPO_ROOT
+from provisioner.paths import ROLES, role_defaults
 from provisioner.processes import alive
 from provisioner.state import State
 
 LOOPBACK = "127.0.0.1"
 START_SECONDS = 10  # how long a new forwarder gets to accept connections
-ROLE_DIR = REPO_ROOT / "playbooks" / "roles" / "apiserver_lb"  # the workers' balancer: its template, its defaults
+ROLE = "apiserver_lb"  # the workers' balancer: its template, its defaults
+ROLE_DIR = ROLES / ROLE
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,7 @@ def _haproxy() -> str:
 
 
 def _role_defaults() -> dict[str, Any]:
-    defaults: dict[str, Any] = yaml.safe_load((ROLE_DIR / "defaults" / "main.yml").read_text())
-    return defaults
+    return role_defaults(ROLE)
 
 
 def _config_file(state: State) -> Path:

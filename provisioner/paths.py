@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ROLES = REPO_ROOT / "playbooks" / "roles"
 
 
 def cache_root() -> Path:
@@ -34,3 +38,10 @@ def state_dir(cluster: str) -> Path:
 
 def default_spec() -> Path:
     return REPO_ROOT / "inventories" / "lab" / "cluster.yaml"
+
+
+def role_defaults(role: str) -> dict[str, Any]:
+    """A role's defaults/main.yml: where a bound or a name its tasks use is given, once, for the Python
+    code that must agree with it too."""
+    defaults: dict[str, Any] = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+    return defaults

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from provisioner import layout
+from provisioner import layout, paths
 from provisioner.spec import VagrantProvider
 from provisioner.verify import probe
 from provisioner.verify.kube import CheckFailed, NotYet, Ssh, wait_for
@@ -30,9 +30,10 @@ from provisioner.verify.lab import (
 )
 
 CRICTL = f"crictl --runtime-endpoint=unix://{layout.CONTAINERD_SOCKET}"
-# How long a restarted apiserver may take to be ready again: the same bound `up` gives it to start
-# (control_plane_start_timeout). On an emulated master its post-start hooks alone took 119 s to 240+ s.
-RESTART_READY_TIMEOUT = 420.0
+# How long a restarted apiserver may take to be ready again: the same bound `up` gives it to start (the
+# control_plane role's control_plane_start_timeout). On an emulated master its post-start hooks alone took
+# 119 s to 240+ s.
+RESTART_READY_TIMEOUT = float(paths.role_defaults("control_plane")["control_plane_start_timeout"])
 
 
 def check_pod_replaced(lab: Lab) -> str:

@@ -14,10 +14,11 @@ member, initial cluster or token than the cluster's fails the test) and holds to
 - an apiserver answers /readyz only while its etcd is healthy.
 
 Whatever the real cluster would suffer from a wrong order is recorded in `problems`: etcd stopped under a
-running apiserver, a data dir moved or restored under a running etcd, a controller or a worker restarted
-before the apiservers answer. `interrupt_at`: the call with that number raises Interrupted, as if the
-command was stopped there; `fail_restore`: the next etcdutl run on those masters leaves half-written
-output and fails.
+running apiserver, a data dir moved or restored under a running etcd, an apiserver started while another
+one started has not answered /readyz yet (three starting together on the emulated HA lab did not finish
+within 300 s), a controller or a worker restarted before the apiservers answer. `interrupt_at`: the call
+with that number raises Interrupted, as if the command was stopped there; `fail_restore`: the next etcdutl
+run on those masters leaves half-written output and fails.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class EtcdSim:
         self.files: dict[str, dict[str, bytes]] = {n: {} for n in [*self.masters, *self.workers]}
         self.tmp_dirs: dict[str, set[str]] = {n: set() for n in self.files}
         self.worker_restarts: dict[str, int] = {w: 0 for w in workers}
+        self.answered = set(self.masters)  # apiservers that answered /readyz since they last started
         self.unreachable: set[str] = set()
         self.no_etcdutl: set[str] = set()
         self.fail_restore: set[str] = set()
@@ -110,6 +112,7 @@ class EtcdSim:
         if script == backup.readyz_script():
             if backup.APISERVER not in self.active[node] or not self._healthy(node):
                 raise NodeCommandError(f"{node}: {script}", "The connection to the server was refused")
+            self.answered.add(node)
             return "ok"
         if script == backup.data_dir_script():
             found = self.data[node]
@@ -194,6 +197,8 @@ class EtcdSim:
                     if running:
                         self.problems.append(f"etcd stopped on {node} while the kube-apiserver runs on {running}")
                 self.active[node].discard(unit)
+                if unit == backup.APISERVER:
+                    self.answered.discard(node)
                 continue
             if unit in backup.CONTROLLERS or unit in backup.WORKER_UNITS:
                 unready = [m for m in self.masters if not self._ready(m)]
@@ -201,6 +206,11 @@ class EtcdSim:
                     self.problems.append(f"{unit} (re)started on {node} before the apiservers of {unready} answer")
             if unit == backup.APISERVER and not self._healthy(node):
                 self.problems.append(f"kube-apiserver started on {node} before its etcd is healthy")
+            if unit == backup.APISERVER and backup.APISERVER not in self.active[node]:
+                starting = [m for m in self.masters if backup.APISERVER in self.active[m] and m not in self.answered]
+                if starting:
+                    self.problems.append(f"kube-apiserver started on {node} while the one on {starting} is starting")
+                self.answered.discard(node)
             if unit in backup.WORKER_UNITS and verb == "restart":
                 self.worker_restarts[node] += 1
             if unit == backup.ETCD and backup.ETCD not in self.active[node]:

@@ -274,8 +274,8 @@ def test_one_master_is_restored_the_same_way(tmp_path: Path) -> None:
 
 def test_the_simulation_catches_a_wrong_order(tmp_path: Path) -> None:
     """The controls: etcd stopped first, the apiserver stopped alone under its controllers (whose restart
-    cancelled that stop on the HA lab), or etcd started blocking on a member of three, is what sim records
-    or refuses."""
+    cancelled that stop on the HA lab), etcd started blocking on a member of three, or a second apiserver
+    started before the first answers, is what sim records or refuses."""
     planned, sim, _ = _setup(tmp_path)
     first = planned.masters[0]
     sim.run(first, backup.systemctl_script("stop", (backup.ETCD,)))
@@ -289,6 +289,12 @@ def test_the_simulation_catches_a_wrong_order(tmp_path: Path) -> None:
             sim.run(master, backup.systemctl_script("stop", units))
     with pytest.raises(Exception, match="timeout was exceeded"):
         sim.run(first, backup.systemctl_script("start", (backup.ETCD,)))
+    planned, sim, _ = _setup(tmp_path / "together")
+    for master in planned.masters:
+        sim.run(master, backup.systemctl_script("stop", backup.CONTROL_PLANE))
+    sim.run(first, backup.systemctl_script("start", (backup.APISERVER,)))
+    sim.run(planned.masters[1], backup.systemctl_script("start", (backup.APISERVER,)))
+    assert sim.problems == [f"kube-apiserver started on {planned.masters[1]} while the one on ['{first}'] is starting"]
 
 
 def test_nothing_changes_when_a_node_is_unreachable_or_a_master_lacks_etcdutl(tmp_path: Path) -> None:
