@@ -28,6 +28,11 @@ from provisioner.verify.kube import NotYet, Ssh, http_get, wait_for
 HTTP_PORT = 8080
 # Long enough for a pod to start on an emulated worker (image already imported, no pull).
 POD_READY_TIMEOUT = 300.0
+# How long a new NodePort Service may take to answer through a worker (kube-proxy programs it).
+SERVICE_READY_TIMEOUT = 120.0
+# The longest time a probe once a second may go without an answer through a Service that must stay up: a
+# request's own bound (5 s) and the next one's.
+SERVICE_GAP_LIMIT = 10.0
 
 
 @dataclass
@@ -254,7 +259,9 @@ def client_pod(lab: Lab, ns: str) -> dict[str, Any]:
 
 class EverySecond(threading.Thread):
     """Calls `request(n)` once an interval until stopped, keeping when each was answered (monotonic time) and
-    why each failed (a ProvisionerError or OSError): the requests a row or a lab test runs during an outage."""
+    why each failed (whatever it raised): the requests a row or a lab test runs during an outage. A request
+    that fails in any way is a failure kept, never the end of the thread: a probe that died at its first
+    request would have no failures to show."""
 
     def __init__(self, name: str, request: Callable[[int], object], interval: float = 1.0) -> None:
         super().__init__(daemon=True, name=name)
@@ -273,8 +280,8 @@ class EverySecond(threading.Thread):
                 self.answered.append(time.monotonic())
             except ProvisionerError as exc:
                 self.failures.append(exc.message()[:200])
-            except OSError as exc:
-                self.failures.append(str(exc)[:200])
+            except Exception as exc:  # every way a request fails is what the probe reports
+                self.failures.append(f"{type(exc).__name__}: {exc}"[:200])
             self.done.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def stop(self) -> None:
@@ -291,10 +298,20 @@ def service_and_api_probes(
     kubectl: Kubectl, prefix: Sequence[str], addresses: Sequence[str], port: int
 ) -> tuple[EverySecond, EverySecond]:
     """Not started: a GET through a NodePort (each address in turn, from inside the lab) and the API's /readyz
-    from the admin machine, each once a second: what a lab test runs while it renews or upgrades."""
+    from the admin machine, each once a second: what a lab test runs while it renews or upgrades. First the
+    Service must have answered through every address (bounded by SERVICE_READY_TIMEOUT): a NodePort that
+    kube-proxy has not programmed yet is not an outage of what the test then does."""
+
+    def url(n: int) -> str:
+        return f"http://{addresses[n % len(addresses)]}:{port}/hostname"
+
+    for n in range(len(addresses)):
+        wait_for(
+            f"the Service to answer at {url(n)}", lambda n=n: http_get(prefix, url(n), timeout=5), SERVICE_READY_TIMEOUT
+        )
 
     def through_the_service(n: int) -> None:
-        http_get(prefix, f"http://{addresses[n % len(addresses)]}:{port}/hostname", timeout=5)
+        http_get(prefix, url(n), timeout=5)
 
     def through_the_api(n: int) -> None:
         kubectl.run("get", "--raw", "/readyz", "--request-timeout=5s", timeout=20)

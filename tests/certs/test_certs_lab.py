@@ -21,7 +21,7 @@ from provisioner.cli import app
 from provisioner.errors import ProvisionerError
 from provisioner.events import EventBus
 from provisioner.verify import run
-from provisioner.verify.lab import agnhost_deployment, service, service_and_api_probes
+from provisioner.verify.lab import SERVICE_GAP_LIMIT, agnhost_deployment, service, service_and_api_probes
 from provisioner.verify.report import FAILED
 
 pytestmark = [pytest.mark.certs]
@@ -90,6 +90,10 @@ def test_renew_all_keeps_a_service_answering_and_gives_every_certificate_a_new_e
         f"{gap:.1f}s (the one apiserver's restart), {len(api.failures)} failed"
     )
     assert not answering.failures, answering.failures
+    served = answering.longest_gap(started, ended)
+    assert served <= SERVICE_GAP_LIMIT, (
+        f"the Service went {served:.0f}s without an answer ({len(answering.answered)} answered)"
+    )
     assert gap <= API_OUTAGE_LIMIT, f"the API did not answer for {gap:.0f}s, more than {API_OUTAGE_LIMIT:.0f}s"
     after = _installed(certs_lab)
     for key, old in before.items():

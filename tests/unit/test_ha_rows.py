@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from provisioner import paths, spec
+from provisioner.kube import KubectlError
 from provisioner.verify import DISRUPTIVE, ha, selected
-from provisioner.verify.lab import Lab, Skip
+from provisioner.verify.kube import NotYet
+from provisioner.verify.lab import EverySecond, Lab, Skip
 
 LOG = """\
 2026-12-02T01:40:00.000000001Z I1202 01:40:00.000000       1 main.go:79] calling /healthz
@@ -36,6 +40,29 @@ def test_the_admin_gap_counts_the_edges_of_the_window() -> None:
     probe.answered = [1.0, 2.0, 3.0, 30.0, 31.0]
     assert probe.longest_gap(2.5, 40.0) == 27.0  # 3.0 -> 30.0
     assert probe.longest_gap(31.5, 50.0) == 18.5  # nothing answered after the cut: the whole window
+
+
+def test_a_probe_keeps_every_kind_of_failure_and_goes_on() -> None:
+    """The certs lab's Service probe once died at its first request (a NotYet, no ProvisionerError) and the
+    test, which looked only at its failures, passed with nothing answered."""
+    raised: list[BaseException] = [
+        NotYet("GET http://192.168.56.11:30080/hostname: connection refused"),
+        subprocess.TimeoutExpired(["kubectl"], 20),
+        KubectlError("kubectl get --raw /readyz", "the server is currently unable to handle the request"),
+    ]
+
+    def request(n: int) -> None:
+        if n <= len(raised):
+            raise raised[n - 1]
+        if n > 5:
+            probe.done.set()
+
+    probe = EverySecond("test", request, interval=0)
+    probe.start()
+    probe.join(timeout=10)
+    assert not probe.is_alive()
+    assert len(probe.answered) == 3, probe.failures  # requests 4 to 6
+    assert [f.split(":")[0] for f in probe.failures] == ["NotYet", "TimeoutExpired", "kubectl get --raw /readyz"]
 
 
 @pytest.mark.parametrize("row", [ha.check_master_loss, ha.check_etcd_quorum])

@@ -22,7 +22,7 @@ from provisioner.kube import Kubectl
 from provisioner.lifecycle import UpResult
 from provisioner.state import State
 from provisioner.verify import run
-from provisioner.verify.lab import agnhost_deployment, service, service_and_api_probes
+from provisioner.verify.lab import SERVICE_GAP_LIMIT, agnhost_deployment, service, service_and_api_probes
 
 pytestmark = [pytest.mark.upgrade]
 
@@ -115,6 +115,10 @@ def test_an_upgrade_stopped_by_a_budget_continues_and_the_service_answers_throug
     }
     assert set(kubelets.values()) == {TO}, kubelets
     assert not answering.failures, answering.failures
+    served = answering.longest_gap(started, ended)
+    assert served <= SERVICE_GAP_LIMIT, (
+        f"the Service went {served:.0f}s without an answer ({len(answering.answered)} answered)"
+    )
     assert gap <= API_OUTAGE_LIMIT, f"the API did not answer for {gap:.0f}s"
     report = run(upgraded, state, EventBus(), ["hosts", "cluster", "security"])
     for r in report.results:
