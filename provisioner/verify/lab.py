@@ -8,6 +8,7 @@ Timeouts are generous because the lab may run under software emulation (see LAB-
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import secrets
@@ -305,13 +306,11 @@ def service_and_api_probes(
     def url(n: int) -> str:
         return f"http://{addresses[n % len(addresses)]}:{port}/hostname"
 
-    for n in range(len(addresses)):
-        wait_for(
-            f"the Service to answer at {url(n)}", lambda n=n: http_get(prefix, url(n), timeout=5), SERVICE_READY_TIMEOUT
-        )
-
     def through_the_service(n: int) -> None:
         http_get(prefix, url(n), timeout=5)
+
+    for n in range(len(addresses)):
+        wait_for(f"the Service to answer at {url(n)}", functools.partial(through_the_service, n), SERVICE_READY_TIMEOUT)
 
     def through_the_api(n: int) -> None:
         kubectl.run("get", "--raw", "/readyz", "--request-timeout=5s", timeout=20)
