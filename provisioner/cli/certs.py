@@ -52,6 +52,7 @@ def certs(
     if warn_days is None:
         warn_days = cluster.spec.pki.margin.total_seconds() / 86400
     now = datetime.datetime.now(datetime.UTC)
+    threshold = core.describe_left(datetime.timedelta(days=warn_days))  # "30 d", or the spec's "30 min"
     table = Table(title=f"cluster {cluster.name}: certificates as installed", title_justify="left")
     for column in ("where", "file", "subject", "issuer", "SANs", "not after (UTC)", "days left", "left"):
         table.add_column(column, justify="right" if column == "days left" else "left", overflow="fold")
@@ -79,7 +80,7 @@ def certs(
     certificates = sum(isinstance(f, core.Found) for f in found)
     if due:
         out.print(
-            f"{len(due)} of {certificates} certificates have fewer than {warn_days:g} days left; "
+            f"{len(due)} of {certificates} certificates have fewer than {threshold} left; "
             "`provisioner certs renew --all` issues new ones (`up` does for what is within spec.pki.renewBefore "
             "of its end)",
             markup=False,
@@ -89,7 +90,7 @@ def certs(
         raise typer.Exit(2)
     if due:
         raise typer.Exit(1)
-    out.print(f"{certificates} certificates, none with fewer than {warn_days:g} days left", markup=False)
+    out.print(f"{certificates} certificates, none with fewer than {threshold} left", markup=False)
 
 
 @app.command("renew")
